@@ -1,0 +1,67 @@
+"""Precompute the example runs the app shows instantly (assets/examples/*.npz).
+
+Each example is one click of the Generate tab — the chosen mode plus the target-only and draft-only
+runs with the same seed — made with the app's own `run_click` on the embedded pair and saved with
+`app.save_bundle`. Re-run after the embedded weights change:
+
+    PYTHONPATH=. python scripts/make_examples.py [--out assets/examples] [--allow-untrained]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import app  # noqa: E402
+
+# (file stem, title, Generate-tab inputs); unspecified inputs take the app's defaults
+EXAMPLES = [
+    ("01-speculative-exact", "speculative, exact rule (γ = 2) — heart, seed 0",
+     dict(class_name="heart", seed=0, mode="speculative", gamma=2)),
+    ("02-speculative-relaxed", "speculative, relaxed (γ = 3, τ = 0.8, λ = 2) — star, seed 1",
+     dict(class_name="star", seed=1, mode="speculative", gamma=3, tau=0.8, lenience=2.0)),
+    ("03-schedule-sdmask1", "schedule: draft makes scales 1–4, target the rest (sd_mask 1) — circle, seed 2",
+     dict(class_name="circle", seed=2, mode="schedule", entry_num=4, sd_mask=1)),
+    ("04-schedule-native", "schedule: draft makes scales 1–6, native mask (sd_mask 3) — checker, seed 3",
+     dict(class_name="checker", seed=3, mode="schedule", entry_num=6, sd_mask=3)),
+]
+DEFAULTS = dict(class_id=0, cfg=1.5, top_k=0, top_p=1.0, entry_num=4, schedule="", sd_mask=3, gamma=2,
+                accept="prob", tau=1.0, lenience=1.0, adaptive_gamma=False, keep_draft_rejected=False)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "assets" / "examples"), help="output folder")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="write examples even when assets/tiny is missing and random weights stand in")
+    args = parser.parse_args(argv)
+    bank = app.PairBank(app.default_pair_loader())
+    pair = bank.get("tiny")
+    if "tiny" in bank.notes:
+        print(f"warning: {bank.notes['tiny']}", file=sys.stderr)
+        if not args.allow_untrained:
+            sys.exit("refusing to write examples from untrained weights (pass --allow-untrained to do it anyway)")
+    out = Path(args.out)
+    for stem, title, given in EXAMPLES:
+        inputs = {**DEFAULTS, **given}
+        if "tiny" in bank.notes:
+            title += " [untrained weights]"
+        settings = app.click_settings(*(inputs[k] for k in (
+            "mode", "cfg", "top_k", "top_p", "entry_num", "schedule", "sd_mask", "gamma", "accept", "tau",
+            "lenience", "adaptive_gamma", "keep_draft_rejected")))
+        t = time.perf_counter()
+        runs = app.run_click(pair, inputs["mode"], app.class_index(pair, inputs["class_name"], None),
+                             inputs["seed"], settings)
+        app.save_bundle(out / f"{stem}.npz", runs, inputs, title)
+        h = app.viz.headline(runs["main"], runs["target"], runs["draft"])
+        print(f"{stem}: {time.perf_counter() - t:.2f} s, target calls {h['target_calls']}, "
+              f"draft calls {h['draft_calls']}, speed-up {h['speedup']:.2f}×, "
+              f"{(out / f'{stem}.npz').stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()

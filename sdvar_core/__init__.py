@@ -1,0 +1,15 @@
+"""SDVAR Explorer core: speculative decoding on VAR (a small draft VAR proposes, a large target VAR verifies).
+
+    from sdvar_core import load_pair, generate
+    pair = load_pair("tiny")
+    result = generate(pair, "speculative", class_ids=[0, 1], seed=0, gamma=2)
+"""
+from .config import VARConfig, VQVAEConfig, preset
+from .engine import Pair, Settings, generate
+from .trace import Trace
+from .var import VAR
+from .vqvae import VQVAE
+from .zoo import load_official, load_pair
+
+__all__ = ["load_official", "load_pair", "generate", "Pair", "Settings", "Trace", "VAR", "VQVAE",
+           "VARConfig", "VQVAEConfig", "preset"]

@@ -1,0 +1,335 @@
+"""Run a draft/target pair: one model alone, a hand-off schedule, or speculative decoding.
+
+The engine owns the per-run state — each model's KV cache (`Runner`), the shared latent
+canvas of final tokens (`Canvas`) — and records the Trace while it runs.
+`generate(pair, mode, class_ids, seed, **settings)` is the public entry.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from . import masks
+from .sampling import cfg_mix, check_sampling_args, guidance, probabilities, sample
+from .trace import DRAFT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
+
+MODES = ("target", "draft", "schedule", "speculative")
+
+
+@dataclass
+class Pair:
+    """A draft and a target VAR sharing one VQ-VAE (codebook, phi, latent grid)."""
+
+    vqvae: torch.nn.Module
+    draft: torch.nn.Module
+    target: torch.nn.Module
+    name: str = ""
+    class_names: list[str] | None = None
+
+    def __post_init__(self):
+        vq = self.vqvae.cfg
+        for role, m in (("draft", self.draft), ("target", self.target)):
+            c = m.cfg
+            if (c.vocab_size, c.z_channels, tuple(c.patch_nums)) != (vq.vocab_size, vq.z_channels, tuple(vq.patch_nums)):
+                raise ValueError(
+                    f"the {role} VAR does not share the VQ-VAE's codebook/layout: vocab {c.vocab_size} vs "
+                    f"{vq.vocab_size}, Cvae {c.z_channels} vs {vq.z_channels}, patch_nums {c.patch_nums} vs {vq.patch_nums}")
+        if self.draft.cfg.num_classes != self.target.cfg.num_classes:
+            raise ValueError("draft and target must have the same number of classes")
+        for m in (self.draft, self.target):
+            m.attach_vqvae(self.vqvae)
+
+    @property
+    def num_classes(self) -> int:
+        return self.target.cfg.num_classes
+
+    @property
+    def layout(self):
+        return self.vqvae.cfg.layout
+
+
+@dataclass
+class Settings:
+    """Every knob of a run. `validate(mode)` turns bad values into ValueErrors naming the setting."""
+
+    cfg: float = 1.5
+    top_k: int = 0
+    top_p: float = 1.0
+    entry_num: int | None = None   # schedule shorthand: 'D'*e + 'T'*(10-e)
+    schedule: str | None = None    # one letter per scale, 'D' or 'T'
+    sd_mask: int = 3               # attention rule of the incoming model's prefill at a switch
+    gamma: int = 2                 # scales drafted per speculative round
+    adaptive_gamma: bool = False   # +1 after a fully accepted round, −1 after a round whose first scale failed
+    accept: str = "prob"           # 'prob' (min(1, λp/q)) or 'top1' (draft token == argmax p)
+    tau: float = 1.0               # a scale passes when its accepted fraction ≥ τ (1 = every token)
+    lenience: float = 1.0          # λ ≥ 1; λ = 1 and τ = 1 with 'prob' is the exact (lossless) rule
+    keep_draft_rejected: bool = False  # relaxed: keep the draft's rejected tokens in passing scales (the seed's rule)
+    verify_mask: int = 3           # attention rule of the target's verification forward
+    precision: str = "fp32"        # 'fp32', or 'bf16'/'fp16' autocast on CUDA
+    progressive: bool = True       # decode the picture after every scale for the trace
+
+    def validate(self, mode: str, num_scales: int) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_sampling_args(self.cfg, self.top_k, self.top_p)
+        if self.entry_num is not None and not (int(self.entry_num) == self.entry_num and 0 <= self.entry_num <= num_scales):
+            raise ValueError(f"entry_num must be an integer in 0..{num_scales}, got {self.entry_num}")
+        if self.schedule is not None and (len(self.schedule) != num_scales or set(self.schedule) - {"D", "T"}):
+            raise ValueError(f"schedule must be {num_scales} letters of 'D'/'T', got {self.schedule!r}")
+        if self.sd_mask not in range(6):
+            raise ValueError(f"sd_mask must be an integer in 0..5, got {self.sd_mask}")
+        if self.verify_mask not in range(1, 6):
+            raise ValueError(f"verify_mask must be an integer in 1..5 (0 would drop the target's prefix), got {self.verify_mask}")
+        if int(self.gamma) != self.gamma or self.gamma < 1:
+            raise ValueError(f"gamma must be an integer >= 1, got {self.gamma}")
+        if self.accept not in ("prob", "top1"):
+            raise ValueError(f"accept must be 'prob' or 'top1', got {self.accept!r}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if not self.lenience >= 1:
+            raise ValueError(f"lenience (λ) must be >= 1, got {self.lenience}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+
+    @property
+    def exact(self) -> bool:
+        return self.accept == "prob" and self.tau == 1 and self.lenience == 1 and not self.keep_draft_rejected
+
+    def schedule_string(self, mode: str, num_scales: int) -> str:
+        if mode == "target":
+            return "T" * num_scales
+        if mode == "draft":
+            return "D" * num_scales
+        if self.schedule is not None:
+            return self.schedule
+        if self.entry_num is None:
+            raise ValueError("schedule mode needs entry_num or schedule")
+        return "D" * int(self.entry_num) + "T" * (num_scales - int(self.entry_num))
+
+
+@dataclass
+class Result:
+    images: np.ndarray   # (B, H, W, 3) uint8
+    trace: Trace
+
+
+class Canvas:
+    """Final tokens so far and the cumulative latent after each scale; scale k's VAR input comes from here."""
+
+    def __init__(self, vqvae, batch: int, recorder: "Recorder"):
+        self.vqvae, self.rec = vqvae, recorder
+        s = vqvae.cfg.latent_size
+        self.zero = torch.zeros(batch, vqvae.cfg.z_channels, s, s, device=next(vqvae.parameters()).device)
+        self.tokens: list[torch.Tensor] = []
+        self.fhats: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def push(self, k: int, idx: torch.Tensor, model: str) -> None:
+        """Append scale k's tokens (B, pn²): f_hat += phi_k(upsample(embed(idx)))."""
+        assert k == len(self.tokens), (k, len(self.tokens))
+        h_up = self.vqvae.scale_contribution(k, idx)
+        f_hat = (self.fhats[-1] if self.fhats else self.zero) + h_up
+        self.tokens.append(idx)
+        self.fhats.append(f_hat)
+        self.rec.shape(k, model, "indices", idx)
+        self.rec.shape(k, "vqvae", "h_up", h_up)
+        self.rec.shape(k, "vqvae", "f_hat", f_hat)
+
+    def truncate(self, n: int) -> None:
+        del self.tokens[n:], self.fhats[n:]
+
+    def latent_input(self, k: int) -> torch.Tensor:
+        """VAR input of scale k ≥ 1: area-downsampled f_hat after scale k−1, (B, pn_k², Cvae)."""
+        return self.vqvae.next_input(k - 1, self.fhats[k - 1])
+
+
+class Recorder:
+    """Collects call records and shapes for the Trace, timing against the run's start."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.t0 = time.perf_counter()
+        self.calls: list[ModelCall] = []
+        self.shapes: list[ShapeRecord] = []
+        self._seen: set = set()
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - self.t0
+
+    def shape(self, scale: int, model: str, tensor: str, value) -> None:
+        shape = list(value.shape) if hasattr(value, "shape") else list(value)
+        key = (scale, model, tensor)
+        if key in self._seen:  # a re-run scale (after a rollback) replaces its earlier record
+            self.shapes = [r for r in self.shapes if (r.scale, r.model, r.tensor) != key]
+        self._seen.add(key)
+        self.shapes.append(ShapeRecord(scale, model, tensor, shape))
+
+
+class Runner:
+    """One model in a run: its class condition, its KV cache, and forwards over scale windows."""
+
+    def __init__(self, name: str, model, class_ids: torch.Tensor, canvas: Canvas, rec: Recorder, autocast):
+        self.name, self.model, self.canvas, self.rec, self.autocast = name, model, canvas, rec, autocast
+        self.layout = model.cfg.layout
+        self.cond = model.condition(class_ids)       # (2B, C)
+        self.cache = model.new_cache()
+        self.next_scale = 0   # first scale whose inputs are not in the cache
+        self.cache_from = 0   # first cached scale (> 0 only after an sd_mask 0 hand-off)
+
+    def rollback(self, num_scales: int) -> None:
+        """Keep cached positions of scales < num_scales only (KV rollback)."""
+        if self.next_scale > num_scales:
+            self.cache.truncate(self.layout.starts[num_scales] - self.layout.starts[self.cache_from])
+            self.next_scale = num_scales
+
+    def forward_upto(self, k: int, kind: str = "step", rule: int = 3, current: int | None = None) -> dict[int, torch.Tensor]:
+        """Feed every scale from `next_scale` to k in one forward → {scale: logits (2B, pn², V)}.
+
+        The attention mask is sd_mask `rule` with `current` = the first scale this call must
+        produce (default: the first scale fed). A 'prefill' under rule 0 drops the cache and feeds scale k alone.
+        A single scale under rule 3 needs no mask: it sees the whole cache and itself.
+        """
+        if kind == "prefill" and rule == 0:
+            self.cache.reset()
+            self.cache_from = self.next_scale = k
+        first, kv_before, L = self.next_scale, len(self.cache), self.layout
+        current = first if current is None else current
+        latents = [self.canvas.latent_input(j) for j in range(max(first, 1), k + 1)]
+        latents = torch.cat(latents, dim=1) if latents else None
+        mask = None
+        if rule != 0 and (first < k or rule != 3):
+            assert self.cache_from == 0, "masked windows need a cache that starts at position 0"
+            mask = masks.mask_matrix(rule, current, L, q_start=L.starts[first], q_end=L.ends[k],
+                                     k_end=L.ends[k]).to(self.model.device)
+        t_start = self.rec.now()
+        with self.autocast():
+            x = self.model.embed_window(self.cond, first, latents)
+            logits = self.model.forward_window(x, self.cond, self.cache, mask)
+        t_end = self.rec.now()
+        self.rec.calls.append(ModelCall(self.name, kind, list(range(first, k + 1)), x.shape[1], kv_before,
+                                        len(self.cache), rule if kind == "prefill" or mask is not None else None,
+                                        t_start, t_end))
+        self.next_scale = k + 1
+        out, offset = {}, 0
+        for j in range(first, k + 1):
+            out[j] = logits[:, offset:offset + L.sizes[j]]
+            offset += L.sizes[j]
+        self.rec.shape(k, self.name, "input", x)
+        self.rec.shape(k, self.name, "kv_len", [len(self.cache)])
+        return out
+
+
+class Run:
+    """Everything one `generate` call shares: pair, settings, generators, canvas, runners, trace records."""
+
+    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings):
+        self.pair, self.s = pair, settings
+        self.layout = pair.layout
+        self.K = self.layout.num_scales
+        device = pair.target.device
+        self.rec = Recorder(device)
+        self.g_sample = torch.Generator(device=device).manual_seed(int(seed))
+        self.g_accept = torch.Generator(device=device).manual_seed((int(seed) * 6364136223846793005 + 1442695040888963407) % 2**63)
+        self.canvas = Canvas(pair.vqvae, len(class_ids), self.rec)
+        autocast = contextlib.nullcontext
+        if device.type == "cuda" and settings.precision != "fp32":
+            dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
+            autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731
+        self.runners = {name: Runner(name, getattr(pair, name), class_ids, self.canvas, self.rec, autocast)
+                        for name in ("draft", "target")}
+        self.records: dict[int, ScaleRecord] = {}
+        self.rounds = []
+        self.on_scale = None
+
+    def distribution(self, logits: torch.Tensor, k: int, model: str) -> torch.Tensor:
+        """(2B, n, V) logits of scale k → the filtered CFG distribution sampled from, (B, n, V)."""
+        self.rec.shape(k, model, "logits", logits)
+        mixed = cfg_mix(logits, guidance(self.s.cfg, k, self.K))
+        self.rec.shape(k, model, "cfg_logits", mixed)
+        return probabilities(mixed, self.s.top_k, self.s.top_p)
+
+    def record_scale(self, k: int, producer: str, tokens: torch.Tensor, status: torch.Tensor, **extra) -> None:
+        to_np = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
+        self.records[k] = ScaleRecord(scale=k, pn=self.layout.patch_nums[k], producer=producer,
+                                      tokens=to_np(tokens), status=to_np(status).astype(np.int8),
+                                      **{n: to_np(v) if isinstance(v, torch.Tensor) else v for n, v in extra.items()})
+        if self.on_scale is not None:
+            self.on_scale(len(self.records), self.K)
+
+
+def run_schedule(run: Run, schedule: str) -> None:
+    """Each scale made by the model its letter names; a switch prefills the incoming model under sd_mask."""
+    previous = None
+    for k, letter in enumerate(schedule):
+        name = "draft" if letter == "D" else "target"
+        runner = run.runners[name]
+        switch = previous is not None and name != previous
+        kind, rule = ("prefill", run.s.sd_mask) if switch else ("step", 3)
+        logits = runner.forward_upto(k, kind, rule, current=k)[k]
+        idx = sample(run.distribution(logits, k, name), run.g_sample)
+        run.canvas.push(k, idx, name)
+        run.record_scale(k, name, idx, torch.full_like(idx, DRAFT if name == "draft" else TARGET))
+        previous = name
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [0, 1] → (..., H, W, 3) uint8 (rounded)."""
+    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+@torch.no_grad()
+def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None, **settings) -> Result:
+    """Generate images with `pair` in `mode` ('target', 'draft', 'schedule', 'speculative').
+
+    class_ids: int or sequence of B ints; settings: fields of `Settings`.
+    on_scale(done, total): optional progress callback after each finalized scale.
+    Returns Result(images (B, H, W, 3) uint8, trace).
+    """
+    unknown = set(settings) - set(Settings.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown setting(s): {sorted(unknown)}")
+    s = Settings(**settings)
+    s.validate(mode, pair.layout.num_scales)
+    if isinstance(class_ids, int):
+        class_ids = [class_ids]
+    class_ids = torch.as_tensor(list(class_ids), dtype=torch.long).view(-1)
+    if class_ids.numel() == 0:
+        raise ValueError("class_ids is empty")
+    if int(class_ids.min()) < 0 or int(class_ids.max()) >= pair.num_classes:
+        raise ValueError(f"class ids must be in [0, {pair.num_classes}), got {class_ids.tolist()}")
+    class_ids = class_ids.to(pair.target.device)
+
+    run = Run(pair, class_ids, seed, s)
+    run.on_scale = on_scale
+    if mode == "speculative":
+        from .speculative import run_speculative
+        run_speculative(run)
+    else:
+        run_schedule(run, s.schedule_string(mode, run.K))
+    t_loop = run.rec.now()
+    images = to_uint8(pair.vqvae.fhat_to_image(run.canvas.fhats[-1]))
+    t_total = run.rec.now()
+
+    scales = [run.records[k] for k in range(run.K)]
+    if s.progressive:
+        frames = to_uint8(pair.vqvae.fhat_to_image(torch.cat(run.canvas.fhats)))
+        for k, rec in enumerate(scales):
+            rec.image = frames[k * len(class_ids):(k + 1) * len(class_ids)]
+    transformer = sum(c.seconds for c in run.rec.calls)
+    settings_out = {"mode": mode, "seed": int(seed), "class_ids": class_ids.tolist(), "pair": pair.name, **asdict(s)}
+    if mode != "speculative":
+        settings_out["schedule_resolved"] = s.schedule_string(mode, run.K)
+    trace = Trace(settings=settings_out, patch_nums=list(pair.layout.patch_nums), scales=scales,
+                  calls=run.rec.calls, shapes=run.rec.shapes, rounds=run.rounds,
+                  timings={"total": t_total, "transformer": transformer, "decode": t_total - t_loop,
+                           "overhead": t_loop - transformer, "progressive": run.rec.now() - t_total},
+                  images=images)
+    return Result(images=images, trace=trace)

@@ -1,0 +1,311 @@
+"""Training CLI with one sub-command per model.
+
+    python -m sdvar_core.train vqvae --out assets/tiny/vqvae --steps 800 --batch-size 16 --seed 0
+    python -m sdvar_core.train var --vqvae assets/tiny/vqvae --out assets/tiny/target --depth 6 --width 192 --heads 3 --steps 3000
+
+Writes `<out>.safetensors` + `<out>.json` at the end and a resumable checkpoint
+`<out>.ckpt.pt` (a plain dict, loaded with weights_only=True) every --ckpt-every steps.
+Data comes from the procedural set in `data.py`, rendered on the fly: training
+image i is `make_images(..., seed, start=i)`; the held-out set is `make_batch(n, eval_seed)`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data
+from .config import TINY_VQVAE
+from .vqvae import VQVAE, save_vqvae
+
+# --- small reusable helpers ------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{os.cpu_count()}-core CPU"
+
+
+def cosine_lr(step: int, steps: int, base_lr: float, warmup: int) -> float:
+    """Linear warm-up for `warmup` steps, then cosine decay to 10% of base_lr at `steps`."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return base_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save a plain dict of tensors / numbers / strings atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_images(step: int, batch_size: int, seed: int, size: int) -> torch.Tensor:
+    """Batch `step` of the endless training stream: (B, 3, size, size) in [0,1], fresh images each step."""
+    labels = np.random.default_rng([seed, step]).integers(0, data.NUM_CLASSES, batch_size)
+    return data.to_tensor(data.make_images(labels, seed, size, start=step * batch_size))
+
+
+def train_loop(model, opt, loss_fn, args, ckpt_path: Path, extra_state=None) -> dict:
+    """Run steps [start, args.steps) of `loss_fn(step) -> dict with 'loss'` with AdamW, cosine LR,
+    grad clipping, tqdm, periodic checkpoints and optional resume / wall-time limit.
+
+    `extra_state` is a pair (get() -> dict, set(dict)) for state outside model/opt.
+    Returns {'steps': steps done, 'wall_time_s': training seconds over all runs}.
+    """
+    start, elapsed = 0, 0.0
+    if args.resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        torch.set_rng_state(ck["torch_rng"])
+        start, elapsed = ck["step"], ck["wall_time_s"]
+        if extra_state:
+            extra_state[1](ck["extra"])
+        print(f"resumed from {ckpt_path} at step {start}")
+    elif args.resume:
+        print(f"no checkpoint at {ckpt_path}; starting from scratch")
+
+    def checkpoint(step):
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                                    "wall_time_s": elapsed + time.time() - t0, "torch_rng": torch.get_rng_state(),
+                                    "extra": extra_state[0]() if extra_state else {}})
+
+    model.train()
+    t0, step = time.time(), start
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, dynamic_ncols=True)
+    for step in bar:
+        if args.time_limit and elapsed + time.time() - t0 > 60 * args.time_limit:
+            print(f"time limit of {args.time_limit} min reached at step {step}")
+            break
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup)
+        losses = loss_fn(step)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 10 == 0:
+            bar.set_postfix({k: f"{float(v):.4f}" for k, v in losses.items()})
+        if (step + 1) % args.ckpt_every == 0:
+            checkpoint(step + 1)
+    else:
+        step = args.steps
+    checkpoint(step)
+    return {"steps": step, "wall_time_s": round(elapsed + time.time() - t0, 1)}
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output stem: writes <out>.safetensors, <out>.json, <out>.ckpt.pt")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt.pt if it exists")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', ...")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--time-limit", type=float, default=0.0, help="stop after this many minutes (0 = none)")
+
+
+def check_common_args(args) -> None:
+    for key in ("steps", "batch_size", "ckpt_every", "warmup"):
+        if getattr(args, key) < (0 if key == "warmup" else 1):
+            raise ValueError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if args.threads < 0 or args.time_limit < 0:
+        raise ValueError("--threads and --time-limit must be >= 0")
+
+
+# --- VQ-VAE -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_vqvae(model: VQVAE, n: int, seed: int, batch_size: int = 100) -> dict:
+    """Held-out reconstruction through the tokens: mean per-image PSNR (dB) and codebook usage fraction."""
+    model.eval()
+    device = next(model.parameters()).device
+    images, _ = data.make_batch(n, seed, model.cfg.image_size)
+    psnrs, used = [], torch.zeros(model.cfg.vocab_size, dtype=torch.bool, device=device)
+    for i in range(0, n, batch_size):
+        x = data.to_tensor(images[i:i + batch_size]).to(device)
+        tokens = model.image_to_tokens(x)
+        mse = (model.tokens_to_image(tokens) - x).pow(2).flatten(1).mean(1)
+        psnrs.append(-10 * torch.log10(mse.clamp_min(1e-10)))
+        for t in tokens:
+            used[t.flatten()] = True
+    return {"heldout_psnr_db": round(torch.cat(psnrs).mean().item(), 2),
+            "codebook_usage": round(used.float().mean().item(), 4)}
+
+
+def train_vqvae(args) -> dict:
+    """Train TINY_VQVAE on procedural images; write <out>.safetensors/.json; return the JSON metadata."""
+    if args.eval_seed == args.seed:
+        raise ValueError(f"--eval-seed must differ from --seed (both {args.seed})")
+    cfg = TINY_VQVAE
+    device = pick_device(args.device)
+    seed_all(args.seed)
+    model = VQVAE(cfg).to(device)
+    model.quantize.restart_every = args.restart_every
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    q = model.quantize
+
+    def loss_fn(step):
+        x = train_images(step, args.batch_size, args.seed, cfg.image_size).to(device)
+        return model(x)[1]
+
+    extra = (lambda: {"train_calls": q.train_calls}, lambda d: setattr(q, "train_calls", d["train_calls"]))
+    run = train_loop(model, opt, loss_fn, args, Path(f"{args.out}.ckpt.pt"), extra)
+    ev = evaluate_vqvae(model, args.eval_images, args.eval_seed)
+    meta = {**run, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, **ev,
+            "eval_images": args.eval_images, "eval_seed": args.eval_seed, "machine": machine_name(device),
+            "threads": torch.get_num_threads()}
+    save_vqvae(model.cpu(), args.out, meta)
+    print({k: v for k, v in meta.items()})
+    return meta
+
+
+
+# --- VAR (draft and target) ---------------------------------------------------------------
+
+
+def _render_chunk(job):
+    labels, seed, size, start = job
+    return data.make_images(labels, seed, size, start=start)
+
+
+@torch.no_grad()
+def token_dataset(vqvae: VQVAE, n: int, seed: int, workers: int = 1, chunk: int = 1000):
+    """Render n procedural images (in `workers` processes) and tokenize them.
+
+    Returns (tokens int16 (n, L) on the VQ-VAE's device, labels int64 (n,)).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    device = next(vqvae.parameters()).device
+    labels = data.make_labels(n, seed)
+    jobs = [(labels[i:i + chunk], seed, vqvae.cfg.image_size, i) for i in range(0, n, chunk)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            chunks = list(pool.map(_render_chunk, jobs))
+    else:
+        chunks = [_render_chunk(j) for j in jobs]
+    tokens = []
+    for images in tqdm(chunks, desc="tokenize", dynamic_ncols=True):
+        tokens.append(torch.cat(vqvae.image_to_tokens(data.to_tensor(images).to(device)), dim=1).to(torch.int16))
+    return torch.cat(tokens), torch.as_tensor(labels, device=device)
+
+
+def var_loss(model, vqvae: VQVAE, tokens: torch.Tensor, labels: torch.Tensor, autocast) -> torch.Tensor:
+    """Teacher-forced cross-entropy over all positions. tokens (B, L) int, labels (B,)."""
+    tokens = tokens.long()
+    with torch.no_grad():
+        latents = vqvae.teacher_inputs(list(tokens.split(list(vqvae.cfg.layout.sizes), dim=1)))
+    with autocast():
+        logits = model(labels, latents)
+    return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
+
+
+def train_var(args) -> dict:
+    """Train a class-conditional VAR on the tokens of a trained VQ-VAE; write <out>.safetensors/.json."""
+    from .config import VARConfig
+    from .var import VAR
+    from .vqvae import load_vqvae
+    from .zoo import save_var
+
+    device = pick_device(args.device)
+    seed_all(args.seed)
+    vqvae = load_vqvae(args.vqvae, device)
+    vq = vqvae.cfg
+    cfg = VARConfig(depth=args.depth, width=args.width, heads=args.heads, vocab_size=vq.vocab_size,
+                    z_channels=vq.z_channels, num_classes=data.NUM_CLASSES, patch_nums=vq.patch_nums,
+                    cond_drop_rate=args.cond_drop, name=Path(args.out).name)
+    model = VAR(cfg).to(device)
+    t_data = time.time()
+    tokens, labels = token_dataset(vqvae, args.images, args.seed, args.workers)
+    held_tokens, held_labels = token_dataset(vqvae, args.eval_images, args.eval_seed, args.workers)
+    t_data = time.time() - t_data
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    autocast = contextlib.nullcontext
+    if device.type == "cuda":
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+
+    def loss_fn(step):
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(tokens), (args.batch_size,), generator=g).to(device)
+        return {"loss": var_loss(model, vqvae, tokens[idx], labels[idx], autocast)}
+
+    run = train_loop(model, opt, loss_fn, args, Path(f"{args.out}.ckpt.pt"))
+    model.eval()
+    with torch.no_grad():
+        held = [var_loss(model, vqvae, held_tokens[i:i + 250], held_labels[i:i + 250], autocast).item()
+                for i in range(0, len(held_tokens), 250)]
+    meta = {**run, "data_seconds": round(t_data, 1), "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+            "weight_decay": args.weight_decay, "train_images": args.images, "eval_images": args.eval_images,
+            "eval_seed": args.eval_seed, "heldout_loss": round(float(np.mean(held)), 4),
+            "params": model.num_params(), "vqvae": Path(args.vqvae).name, "machine": machine_name(device),
+            "threads": torch.get_num_threads()}
+    save_var(model.cpu(), args.out, meta)
+    print(meta)
+    return meta
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sdvar_core.train", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="model", required=True)
+    p = sub.add_parser("vqvae", help="train the tiny multi-scale VQ-VAE (config.TINY_VQVAE)")
+    add_common_args(p)
+    p.add_argument("--restart-every", type=int, default=100, help="dead-code restart period in steps (0 = off)")
+    p.add_argument("--eval-images", type=int, default=500)
+    p.add_argument("--eval-seed", type=int, default=12345)
+    p = sub.add_parser("var", help="train a draft or target VAR on a trained VQ-VAE's tokens")
+    add_common_args(p)
+    p.add_argument("--vqvae", required=True, help="stem of the trained VQ-VAE (e.g. assets/tiny/vqvae)")
+    p.add_argument("--depth", type=int, required=True)
+    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--heads", type=int, required=True)
+    p.add_argument("--images", type=int, default=100_000, help="training images rendered and tokenized once")
+    p.add_argument("--eval-images", type=int, default=1000)
+    p.add_argument("--eval-seed", type=int, default=12345)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that render the images")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (enables CFG)")
+    args = parser.parse_args(argv)
+    check_common_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    {"vqvae": train_vqvae, "var": train_var}[args.model](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The engine: identity with D == T, exactness of the lossless rule, KV rollback, relaxed mode, traces."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sdvar_core.speculative as speculative
+from sdvar_core.config import VARConfig, VQVAEConfig
+from sdvar_core.engine import Pair, Run, Settings, generate
+from sdvar_core.trace import ACCEPTED, CORRECTED, TARGET, Trace
+from sdvar_core.var import VAR
+from sdvar_core.vqvae import VQVAE
+
+V = 8
+
+
+def make_var(seed, depth, width, heads, vocab=V, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), noise=0.3):
+    torch.manual_seed(seed)
+    m = VAR(VARConfig(depth=depth, width=width, heads=heads, vocab_size=vocab, z_channels=4, num_classes=3,
+                      patch_nums=patch_nums)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * noise)
+    return m
+
+
+def make_vqvae(vocab=V, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), image_size=64):
+    torch.manual_seed(0)
+    return VQVAE(VQVAEConfig(vocab_size=vocab, z_channels=4, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
+                             use_attn=False, image_size=image_size, patch_nums=patch_nums)).eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    vq = make_vqvae()
+    return vq, make_var(1, 1, 32, 1), make_var(2, 2, 64, 2)
+
+
+def same_tokens(a: Trace, b: Trace) -> bool:
+    return all(np.array_equal(x.tokens, y.tokens) for x, y in zip(a.scales, b.scales))
+
+
+def test_identity_when_draft_is_target(models):
+    vq, _, target = models
+    pair = Pair(vq, target, target)
+    kw = dict(cfg=1.5, top_k=5, top_p=0.9, progressive=False)
+    ref = generate(pair, "target", [0, 2], seed=7, **kw).trace
+    assert ref.target_calls == 10 and ref.draft_calls == 0
+    for e in range(11):
+        tr = generate(pair, "schedule", [0, 2], seed=7, entry_num=e, sd_mask=3, **kw).trace
+        assert same_tokens(tr, ref), f"entry_num {e}"
+        assert tr.draft_calls == e and tr.target_calls == 10 - e
+    for gamma in (1, 2, 3, 4, 10):
+        tr = generate(pair, "speculative", [0, 2], seed=7, gamma=gamma, **kw).trace
+        assert same_tokens(tr, ref), f"gamma {gamma}"
+        assert tr.target_calls == math.ceil(10 / gamma)
+        assert all((s.status == ACCEPTED).all() for s in tr.scales)
+
+
+def test_schedule_prefill_and_masks(models):
+    vq, draft, target = models
+    pair = Pair(vq, draft, target)
+    for rule in range(6):
+        tr = generate(pair, "schedule", [1], seed=0, entry_num=5, sd_mask=rule, progressive=False).trace
+        prefill = [c for c in tr.calls if c.kind == "prefill"]
+        assert len(prefill) == 1 and prefill[0].mask_rule == rule and prefill[0].model == "target"
+        # rule 0 feeds only the current scale; the others feed the draft's prefix too (91 positions)
+        assert prefill[0].query_len == (36 if rule == 0 else 91)
+        assert [s.producer for s in tr.scales] == ["draft"] * 5 + ["target"] * 5
+    tr = generate(pair, "schedule", [1], seed=0, schedule="TTTTTTTTDD", progressive=False).trace
+    assert tr.target_calls == 8 and tr.draft_calls == 2
+    assert (tr.scales[0].status == TARGET).all()
+
+
+def mini_pair(draft_noise_seed=11):
+    """A 3-scale layout (1, 2, 4 tokens per side) so that thousands of samples are cheap."""
+    pn = (1, 2, 4)
+    vq = make_vqvae(patch_nums=pn, image_size=16)
+    target = make_var(3, 2, 32, 1, patch_nums=pn, noise=0.6)
+    draft = make_var(draft_noise_seed, 1, 32, 1, patch_nums=pn, noise=0.6)
+    return Pair(vq, draft, target)
+
+
+def target_marginals(pair, cls):
+    """Exact target probabilities: scale 0 (V,), and scale 1's per-position marginals (4, V) with cfg 0."""
+    T = pair.target
+    p0 = None
+    p1 = torch.zeros(4, V)
+    for x0 in range(V):
+        tokens = [torch.tensor([[x0]]), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 16, dtype=torch.long)]
+        probs = T.teacher_forced_logits(torch.tensor([cls]), tokens, pair.vqvae).softmax(-1)[0]
+        p0 = probs[0]
+        p1 += p0[x0] * probs[1:5]
+    return p0, p1
+
+
+def exact_mode_frequencies(pair, n_seeds, batch):
+    counts0, counts1 = torch.zeros(V), torch.zeros(4, V)
+    for seed in range(n_seeds):
+        tr = generate(pair, "speculative", [1] * batch, seed=seed, gamma=2, cfg=0.0, progressive=False).trace
+        t0, t1 = torch.from_numpy(tr.scales[0].tokens), torch.from_numpy(tr.scales[1].tokens)
+        counts0 += torch.bincount(t0.flatten(), minlength=V)
+        for j in range(4):
+            counts1[j] += torch.bincount(t1[:, j], minlength=V)
+    n = n_seeds * batch
+    return counts0 / n, counts1 / n, n
+
+
+def assert_matches(freq, p, n):
+    tol = 5 * torch.sqrt(p * (1 - p) / n) + 1e-3   # 5 standard errors per cell
+    assert ((freq - p).abs() <= tol).all(), (freq, p)
+
+
+def test_exact_mode_samples_the_target_distribution():
+    pair = mini_pair()
+    p0, p1 = target_marginals(pair, 1)
+    q0, _ = target_marginals(Pair(pair.vqvae, pair.draft, pair.draft), 1)
+    assert (p0 - q0).abs().max() > 0.1, "draft and target must differ for the test to have power"
+    f0, f1, n = exact_mode_frequencies(pair, n_seeds=40, batch=100)
+    assert_matches(f0, p0, n)
+    assert_matches(f1, p1, n)
+
+
+def test_broken_acceptance_rule_fails_the_same_test(monkeypatch):
+    pair = mini_pair()
+    p0, _ = target_marginals(pair, 1)
+
+    def accept_everything(rule, p, q, draft, generator, lenience=1.0):
+        return torch.ones_like(draft, dtype=torch.bool), draft
+
+    monkeypatch.setattr(speculative, "accept_tokens", accept_everything)
+    f0, _, n = exact_mode_frequencies(pair, n_seeds=40, batch=100)
+    with pytest.raises(AssertionError):
+        assert_matches(f0, p0, n)
+
+
+def fresh_cache(runner, tokens):
+    """A KV cache built scale by scale from scratch over the final tokens."""
+    model, vq = runner.model, runner.canvas.vqvae
+    cache, f_hat = model.new_cache(), runner.canvas.zero
+    for k in range(runner.next_scale):
+        latents = vq.next_input(k - 1, f_hat) if k else None
+        model.forward_window(model.embed_window(runner.cond, k, latents), runner.cond, cache)
+        f_hat = vq.add_scale(k, f_hat, tokens[k])
+    return cache
+
+
+@pytest.mark.parametrize("settings", [dict(gamma=3), dict(gamma=2, tau=0.4), dict(gamma=4, adaptive_gamma=True)])
+@torch.no_grad()
+def test_rollback_leaves_caches_of_a_fresh_run(models, settings):
+    vq, draft, target = models
+    run = Run(Pair(vq, draft, target), torch.tensor([0, 1]), 3, Settings(**settings))
+    speculative.run_speculative(run)
+    assert any(r.corrected_scale is not None or r.stale_scales for r in run.rounds), "no rejection happened"
+    tokens = run.canvas.tokens
+    assert torch.allclose(run.canvas.fhats[-1], vq.tokens_to_fhat(tokens), atol=1e-5)
+    for runner in run.runners.values():
+        ref = fresh_cache(runner, tokens)
+        assert len(runner.cache) == len(ref) > 0
+        for a, b in zip(runner.cache.k + runner.cache.v, ref.k + ref.v):
+            assert (a - b).abs().max().item() < 1e-4
+
+
+def test_relaxed_mode_makes_fewer_target_calls_and_traces_round_trip(models, tmp_path):
+    vq, draft, target = models
+    pair = Pair(vq, draft, target)
+    exact = generate(pair, "speculative", [0, 1], seed=4, gamma=3).trace
+    relaxed = generate(pair, "speculative", [0, 1], seed=4, gamma=3, tau=0.05, lenience=3.0).trace
+    assert relaxed.target_calls < exact.target_calls
+    assert any(s.stale for s in relaxed.scales) == any(r.stale_scales for r in relaxed.rounds)
+    assert any((s.status == CORRECTED).any() for s in exact.scales)
+    path = tmp_path / "run.npz"
+    relaxed.save(path)
+    back = Trace.load(path)
+    assert back.settings == relaxed.settings and back.calls == relaxed.calls and back.rounds == relaxed.rounds
+    assert back.shapes == relaxed.shapes and back.timings == relaxed.timings
+    for a, b in zip(back.scales, relaxed.scales):
+        for name in ("tokens", "status", "draft_tokens", "p_draft", "q_draft", "image"):
+            assert np.array_equal(getattr(a, name), getattr(b, name))
+        assert (a.stale, a.producer, a.pn) == (b.stale, b.producer, b.pn)
+    assert np.array_equal(back.images, relaxed.images)
+
+
+def test_trace_shapes_are_captured(models):
+    vq, draft, target = models
+    tr = generate(Pair(vq, draft, target), "speculative", [0, 1, 2], seed=1, gamma=2).trace
+    table = {(r.scale, r.model, r.tensor): r.shape for r in tr.shapes}
+    assert table[(9, "target", "logits")] == [6, 256, V]
+    assert table[(9, "target", "cfg_logits")] == [3, 256, V]
+    assert table[(4, "draft", "logits")] == [6, 25, V]
+    assert table[(9, "vqvae", "f_hat")] == [3, 4, 16, 16]
+    assert table[(9, "target", "kv_len")] == [680] or tr.calls[-1].model == "target"
+    assert tr.images.shape == (3, 64, 64, 3) and tr.scales[3].image.shape == (3, 64, 64, 3)
+    assert tr.target_calls + tr.draft_calls == len(tr.calls)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(mode="speculative", gamma=0), "gamma"), (dict(mode="schedule", entry_num=11), "entry_num"),
+    (dict(mode="schedule", entry_num=3, sd_mask=6), "sd_mask"), (dict(mode="speculative", tau=0.0), "tau"),
+    (dict(mode="speculative", tau=1.5), "tau"), (dict(mode="speculative", lenience=0.5), "lenience"),
+    (dict(mode="schedule", schedule="DDDTTTTTT"), "schedule"), (dict(mode="schedule", schedule="DDDTTTTTTX"), "schedule"),
+    (dict(mode="fast"), "mode"), (dict(mode="target", cfg=-1), "cfg"), (dict(mode="target", top_p=0), "top_p"),
+    (dict(mode="target", top_k=-2), "top_k"), (dict(mode="target", nonsense=1), "nonsense"),
+    (dict(mode="speculative", accept="kl"), "accept"), (dict(mode="speculative", verify_mask=0), "verify_mask"),
+])
+def test_bad_settings_name_the_setting(models, kw, match):
+    vq, draft, target = models
+    with pytest.raises(ValueError, match=match):
+        generate(Pair(vq, draft, target), class_ids=[0], seed=0, **kw)
+
+
+def test_bad_class_ids_and_mismatched_pair(models):
+    vq, draft, target = models
+    pair = Pair(vq, draft, target)
+    with pytest.raises(ValueError, match="class"):
+        generate(pair, "target", [3], seed=0)
+    with pytest.raises(ValueError, match="class"):
+        generate(pair, "target", [], seed=0)
+    other = make_var(5, 1, 32, 1, vocab=16)
+    with pytest.raises(ValueError, match="codebook"):
+        Pair(vq, other, target)
