@@ -3,7 +3,7 @@
 Layout and event wiring. The figures come from `sdvar_core.viz` (pure functions of a Trace);
 the runs from `sdvar_core.engine.generate`. Every number on a page comes from runs of the same click.
 
-    python app.py [--weights-dir DIR] [--host HOST] [--port PORT] [--share]
+    python app.py [--weights-dir DIR] [--host HOST] [--port PORT] [--share] [--threads N]
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import argparse
 import functools
 import io
 import json
-import math
 import tempfile
 import threading
 import time
@@ -31,7 +30,7 @@ from sdvar_core import masks, viz
 from sdvar_core.config import TINY_VQVAE, ScaleLayout, VARConfig
 from sdvar_core.data import CLASS_NAMES
 from sdvar_core.engine import Pair, generate
-from sdvar_core.trace import TENSOR_MEANINGS, Trace
+from sdvar_core.trace import Trace
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
     import spaces
@@ -56,10 +55,14 @@ MODES = [("speculative (draft proposes, target verifies)", "speculative"),
 DIRECTIONS = {"D→T": "draft first, then target: 'D'·e + 'T'·(10−e)",
               "T→D": "target first, then draft: 'T'·e + 'D'·(10−e)"}
 MAX_SWEEP_CONFIGS, MAX_SWEEP_SEEDS = 64, 8
-# The Generate tab's inputs after the model, in the order of the click callback's parameters;
-# precomputed examples store them under these names.
-INPUT_KEYS = ("class_name", "class_id", "seed", "mode", "cfg", "top_k", "top_p", "entry_num", "schedule",
-              "sd_mask", "gamma", "accept", "tau", "lenience", "adaptive_gamma", "keep_draft_rejected")
+SWEEP_COLUMNS = ["config", "images", "target_calls", "draft_calls", "wall_s", "speedup", "token_agreement",
+                 "pixel_psnr_db", "class_accuracy"]   # shown in the app; the CSV has every column
+# The Generate tab's inputs after the model, with their defaults, in the order of the /generate endpoint's
+# parameters; precomputed examples store them under these names.
+DEFAULT_INPUTS = dict(class_name=CLASS_NAMES[8], class_id=207, seed=0, mode="speculative", cfg=1.5, top_k=0,
+                      top_p=1.0, entry_num=4, schedule="", sd_mask=3, gamma=2, accept="prob", tau=1.0, lenience=1.0,
+                      adaptive_gamma=False, keep_draft_rejected=False, precision="fp32")
+INPUT_KEYS = tuple(DEFAULT_INPUTS)
 
 CSS = """
 #headline .block { min-width: 0 !important; }
@@ -97,7 +100,11 @@ def default_pair_loader(weights_dir: str | None = None):
 
 
 class PairBank:
-    """Loaded pairs, shared read-only by every session (models only; results live in gr.State)."""
+    """Loaded pairs, shared read-only by every session (models only; results live in gr.State).
+
+    Holds the embedded pair and at most one official pair: loading another official pair drops the
+    previous one (a d16 + d30 pair alone is about 9 GB in fp32).
+    """
 
     def __init__(self, loader):
         self.loader = loader
@@ -114,6 +121,9 @@ class PairBank:
             raise ValueError(f"unknown model {key!r}; choose one of {', '.join(MODELS)}")
         with self.lock:
             if key not in self.pairs:
+                if key != "tiny":
+                    for other in [k for k in self.pairs if k != "tiny"]:
+                        del self.pairs[other]
                 try:
                     self.pairs[key] = self.loader(key)
                 except (ValueError, ImportError, OSError) as e:
@@ -133,7 +143,7 @@ def pair_info(pair: Pair, note: str = "") -> str:
     text = (f"**{pair.name}** on `{device}` — draft: {size(pair.draft)}; target: {size(pair.target)}; "
             f"{pair.vqvae.cfg.image_size} px images, codebook {pair.vqvae.cfg.vocab_size}, "
             f"{pair.layout.num_scales} scales = {pair.layout.total} tokens.")
-    return text + (f"\n\n⚠️ {note}" if note else "")
+    return text + (f"\n\n**Note:** {note}" if note else "")
 
 
 def class_index(pair: Pair, class_name, class_id) -> int:
@@ -149,18 +159,20 @@ def class_index(pair: Pair, class_name, class_id) -> int:
 
 # ---- runs ---------------------------------------------------------------------------------------
 
-def click_settings(mode, cfg, top_k, top_p, entry_num, schedule, sd_mask, gamma, accept, tau, lenience,
-                   adaptive_gamma, keep_draft_rejected) -> dict:
-    """Settings for engine.generate from the Generate tab's widgets (validation is the engine's)."""
-    s = dict(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p), sd_mask=int(sd_mask), gamma=int(gamma),
-             accept=str(accept), tau=float(tau), lenience=float(lenience), adaptive_gamma=bool(adaptive_gamma),
-             keep_draft_rejected=bool(keep_draft_rejected))
-    if mode == "schedule":
-        text = (schedule or "").strip().upper().replace(" ", "")
+def click_settings(inputs: dict) -> dict:
+    """Settings for engine.generate from the Generate tab's values (keys of INPUT_KEYS; missing ones take
+    DEFAULT_INPUTS). A schedule string, when given, wins over entry_num. Validation is the engine's."""
+    v = {**DEFAULT_INPUTS, **inputs}
+    s = dict(cfg=float(v["cfg"]), top_k=int(v["top_k"]), top_p=float(v["top_p"]), sd_mask=int(v["sd_mask"]),
+             gamma=int(v["gamma"]), accept=str(v["accept"]), tau=float(v["tau"]), lenience=float(v["lenience"]),
+             adaptive_gamma=bool(v["adaptive_gamma"]), keep_draft_rejected=bool(v["keep_draft_rejected"]),
+             precision=str(v["precision"]))
+    if v["mode"] == "schedule":
+        text = (v["schedule"] or "").strip().upper().replace(" ", "")
         if text:
             s["schedule"] = text
         else:
-            s["entry_num"] = int(entry_num)
+            s["entry_num"] = int(v["entry_num"])
     return s
 
 
@@ -170,7 +182,7 @@ def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, o
     The chosen run decodes its picture after every scale; the comparisons decode only the final picture.
     A comparison equal to the chosen mode reuses that run. Returns {"main", "target", "draft": Trace}.
     """
-    if isinstance(seed, float) and not seed.is_integer():
+    if seed is None or isinstance(seed, float) and not seed.is_integer():
         raise ValueError(f"seed must be an integer, got {seed}")
     seed = int(seed)
     if not 0 <= seed < 2**63:
@@ -186,9 +198,6 @@ def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, o
     runs.setdefault("target", runs["main"])
     runs.setdefault("draft", runs["main"])
     return runs
-
-
-compute_click = gpu(duration=60)(run_click)
 
 
 def sweep_configs(kind: str, entry_nums, directions, sd_masks, gammas, taus, num_scales: int = 10) -> list[dict]:
@@ -243,13 +252,13 @@ def parse_seeds(text: str) -> list[int]:
         if not part:
             continue
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
-                seeds += list(range(int(lo), int(hi) + 1))
-            else:
-                seeds.append(int(part))
+            lo, _, hi = part.partition("-") if "-" in part[1:] else (part, "", part)
+            lo, hi = int(lo), int(hi)
         except ValueError:
             raise ValueError(f"seeds must be integers like '0, 1, 2' or '0-3', got {part!r}") from None
+        if hi - lo >= MAX_SWEEP_SEEDS:
+            raise ValueError(f"at most {MAX_SWEEP_SEEDS} seeds per sweep, got the range {part}")
+        seeds += range(lo, hi + 1)
     if not seeds:
         raise ValueError("give at least one seed, e.g. '0, 1'")
     if min(seeds) < 0:
@@ -259,7 +268,6 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-@gpu(duration=30)
 def run_config(pair: Pair, config: dict, seeds: list[int], class_ids: list[int], base: dict) -> list[Trace]:
     """One sweep entry: a batch of `class_ids` for every seed (final pictures only)."""
     s = {**base, **{k: config[k] for k in ("schedule", "sd_mask", "gamma", "tau") if k in config}}
@@ -340,27 +348,31 @@ def list_bundles(folder) -> list[tuple[str, str]]:
 
 # ---- rendering a run into the Generate tab ------------------------------------------------------
 
-def stat_values(runs: dict) -> tuple:
+def stat_values(runs: dict, class_names=None) -> tuple:
     """(target calls, draft calls, wall time text, speed-up text, summary Markdown) of one click."""
     main = runs["main"]
     h = viz.headline(main, runs["target"], runs["draft"])
-    mode = main.settings["mode"]
+    st = main.settings
+    cls = st["class_ids"][0]
+    label = class_names[cls] if class_names and cls < len(class_names) else f"class {cls}"
     speed = f"{h['speedup']:.2f}×"
-    lines = [f"**{mode}** run of **{main.settings.get('pair', '')}**, class {main.settings['class_ids'][0]}, "
-             f"seed {main.settings['seed']}: **{h['target_calls']} target calls** "
-             f"(target only: {h['target_only_calls']}), {h['draft_calls']} draft calls; "
-             f"generation took **{h['wall_s']:.2f} s** vs **{h['target_only_wall_s']:.2f} s** for target only "
-             f"→ **{speed}** {'faster' if h['speedup'] >= 1 else '(slower)'}; "
-             f"draft only: {h['draft_only_wall_s']:.2f} s."]
+    lines = [f"**{st['mode']}** run of **{st.get('pair', '')}** ({label}, seed {st['seed']}): "
+             f"**{h['target_calls']} target calls** instead of {h['target_only_calls']}, "
+             f"{h['draft_calls']} draft calls. Generation took **{h['wall_s']:.2f} s** against "
+             f"**{h['target_only_wall_s']:.2f} s** for target only → **{speed}** "
+             f"{'faster' if h['speedup'] >= 1 else '(slower)'}; draft only took {h['draft_only_wall_s']:.2f} s."]
     if h["verified_tokens"]:
         lines.append(f"The target accepted **{h['accepted_tokens']} of {h['verified_tokens']}** drafted tokens "
                      f"({h['accepted_tokens'] / h['verified_tokens']:.0%}).")
-    lines.append(f"{h['token_agreement']:.0%} of the final tokens equal the target-only run's "
-                 + ("(the exact rule keeps the target's distribution, not its samples)." if mode == "speculative"
-                    else "."))
-    lines.append("All numbers come from the three runs of this click (wall time excludes the per-scale preview "
-                 "decodes). Toy models on a CPU spend much of their time outside the transformer, so speed-ups "
-                 "here are small and noisy; calls saved is the robust number.")
+    agree = f"{h['token_agreement']:.0%} of the final tokens equal the target-only run's."
+    if st["mode"] == "speculative" and st["accept"] == "prob" and st["tau"] == 1 and st["lenience"] == 1 \
+            and not st["keep_draft_rejected"]:
+        agree += " (The exact rule keeps the target's distribution, not its individual samples.)"
+    lines.append(agree)
+    lines.append("All numbers come from the three runs of this click; wall time leaves out the per-scale preview "
+                 "decodes. With small models much of the time goes to sampling, decoding and Python rather than "
+                 "the transformer, so wall-clock speed-ups are small and noisy; target calls saved is the robust "
+                 "number.")
     return h["target_calls"], h["draft_calls"], f"{h['wall_s']:.2f} s", speed, "\n\n".join(lines)
 
 
@@ -372,18 +384,38 @@ def scale_view(runs: dict | None, scale: int):
     return viz.token_grid_figure(runs["main"], k), viz.scale_summary(runs["main"], k)
 
 
-def render_run(runs: dict, title: str) -> list:
+def render_run(runs: dict, title: str, class_names=None) -> list:
     """Every Generate-tab output (and the shape table) for a click's runs; scale view at the last scale."""
     main = runs["main"]
     K = len(main.scales)
     grid, summary = scale_view(runs, K)
-    target_calls, draft_calls, wall, speed, text = stat_values(runs)
+    target_calls, draft_calls, wall, speed, text = stat_values(runs, class_names)
     img = lambda t: viz.upscale(t.images[0])  # noqa: E731
     return [runs, f"Showing: {title}", img(main), img(runs["target"]), img(runs["draft"]),
             target_calls, draft_calls, wall, speed, text,
             gr.Slider(minimum=1, maximum=K, value=K, step=1), grid, summary,
-            viz.acceptance_figure(main), viz.timeline_figure(main, runs["target"]),
+            viz.acceptance_figure(main),
+            viz.timeline_figure(main, runs["target"] if runs["target"] is not main else None),
             shapes_view(runs, "all", "all")]
+
+
+def mask_view(layout: ScaleLayout, rule, current, full):
+    """Masks tab: (heatmap, pair-count table, the rule's explanation, six small multiples)."""
+    rule, current, full = int(rule), int(current), bool(full)
+    return (viz.mask_heatmap_figure(rule, current, layout, full), viz.pair_count_table(rule, current, layout, full),
+            rule_markdown(rule), viz.mask_small_multiples_figure(current, layout, full))
+
+
+def keys_view(layout: ScaleLayout, rule, current, scale, row, col):
+    """Token picker: (attended-keys figure, row and col slider updates); row and col are clamped to the
+    1-based scale's grid, so moving to a smaller scale keeps a valid token."""
+    k = int(scale) - 1
+    if not 0 <= k < layout.num_scales:
+        raise ValueError(f"scale must be in 1..{layout.num_scales}, got {scale}")
+    pn = layout.patch_nums[k]
+    row, col = min(int(row), pn - 1), min(int(col), pn - 1)
+    return (viz.attended_keys_figure(int(rule), int(current), k, row, col, layout),
+            gr.Slider(maximum=pn - 1, value=row), gr.Slider(maximum=pn - 1, value=col))
 
 
 def shapes_view(runs: dict | None, model: str, scale) -> pd.DataFrame:
@@ -416,18 +448,23 @@ def _api(public: bool, name: str) -> dict:
     return {"api_name": name} if public else {"api_visibility": "private"}
 
 
-def rules_markdown(selected: int) -> str:
-    """The plain explanation of every rule, the selected one first and marked."""
-    order = [selected] + [r for r in range(6) if r != selected]
-    parts = ["**Including / excluding the current scale.** At a hand-off the incoming model prefills the "
-             "earlier scales (already fixed) and the *current* scale (the first one it must produce). Rules "
-             "1 and 4 apply their restriction to the current scale too (*including*); rules 2 and 5 exempt "
-             "it, so the current scale attends like normal VAR (*excluding*). Scales after the current one "
-             "always attend natively, from the KV cache."]
-    for r in order:
-        mark = "▶ " if r == selected else ""
-        parts.append(f"{mark}**{r} · {masks.rule_name(r)}.** {masks.rule_explanation(r)}")
-    return "\n\n".join(parts)
+INCLUDING_EXCLUDING = (
+    "**Including / excluding the current scale.** At a hand-off the incoming model prefills the earlier "
+    "scales (already fixed) and the *current* scale (the first one it must produce). Rules 1 and 4 apply their "
+    "restriction to the current scale too (*including*); rules 2 and 5 exempt it, so the current scale attends "
+    "like normal VAR (*excluding*). Scales after the current one always attend natively, from the KV cache.")
+
+
+def rule_markdown(rule: int) -> str:
+    """The selected rule's plain explanation (with the including/excluding note for rules 1, 2, 4, 5)."""
+    text = f"### {rule} · {masks.rule_name(rule)}\n{masks.rule_explanation(rule)}"
+    return text + (f"\n\n{INCLUDING_EXCLUDING}" if rule in (1, 2, 4, 5) else "")
+
+
+def all_rules_markdown() -> str:
+    """Every rule's explanation, after the note on including / excluding the current scale."""
+    return "\n\n".join([INCLUDING_EXCLUDING] + [f"**{r} · {masks.rule_name(r)}.** {masks.rule_explanation(r)}"
+                                                for r in range(6)])
 
 
 def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | None = None) -> gr.Blocks:
@@ -439,6 +476,7 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
     bundles = list_bundles(examples_dir)
     layout = tiny.layout
     K = layout.num_scales
+    D = DEFAULT_INPUTS
 
     with gr.Blocks(title="SDVAR Explorer") as demo:
         runs_state = gr.State(None)
@@ -449,7 +487,7 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
                     "draft tokens the target accepted, how each hand-off mask lets tokens attend, and what every "
                     "tensor looks like.")
         if not on_cuda:
-            gr.Markdown("🥶 **Running on CPU.** The embedded toy pair answers in a few seconds; the official "
+            gr.Markdown("**Running on CPU.** The embedded toy pair answers in a few seconds; the official "
                         "VAR pairs need a GPU to be usable.", elem_classes="notice")
         with gr.Row():
             model = gr.Dropdown([(label, key) for key, label in MODELS.items()], value="tiny", label="Models",
@@ -464,41 +502,48 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
             with gr.Tab("Generate & inspect", id="generate"):
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=1, min_width=280):
-                        class_name = gr.Dropdown(list(tiny.class_names or []), value=(tiny.class_names or [None])[0],
-                                                 label="Class", visible=bool(tiny.class_names), elem_id="class-name")
-                        class_id = gr.Number(value=207, precision=0, label="ImageNet class id (0–999)",
+                        names = list(tiny.class_names or [])
+                        class_name = gr.Dropdown(names, value=D["class_name"] if D["class_name"] in names
+                                                 else (names or [None])[0], label="Class", visible=bool(names),
+                                                 elem_id="class-name", allow_custom_value=True)  # class_index checks it
+                        class_id = gr.Number(value=D["class_id"], precision=0, label="ImageNet class id (0–999)",
                                              visible=not tiny.class_names, elem_id="class-id")
-                        seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
-                        mode = gr.Radio(MODES, value="speculative", label="Mode", elem_id="mode")
+                        seed = gr.Number(value=D["seed"], precision=0, label="Seed", elem_id="seed")
+                        mode = gr.Radio(MODES, value=D["mode"], label="Mode", elem_id="mode")
                         generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                         with gr.Accordion("Advanced settings", open=False):
                             with gr.Group(visible=False) as schedule_group:
-                                entry_num = gr.Slider(0, K, value=4, step=1, label="entry_num: scales made by the draft "
-                                                      "before the target takes over", elem_id="gen-entry-num")
+                                entry_num = gr.Slider(0, K, value=D["entry_num"], step=1, elem_id="gen-entry-num",
+                                                      label="entry_num: scales made by the draft before the target "
+                                                            "takes over")
                                 schedule = gr.Textbox(value="", label=f"or a schedule string ({K} letters D/T)",
                                                       placeholder="e.g. DDDDTTTTTT", elem_id="gen-schedule")
-                                sd_mask = gr.Dropdown([(f"{r} · {masks.rule_name(r)}", r) for r in range(6)], value=3,
-                                                      label="sd_mask at the hand-off", elem_id="gen-sd-mask")
+                                sd_mask = gr.Dropdown([(f"{r} · {masks.rule_name(r)}", r) for r in range(6)],
+                                                      value=D["sd_mask"], label="sd_mask at the hand-off",
+                                                      elem_id="gen-sd-mask")
                             with gr.Group(visible=True) as spec_group:
-                                gamma = gr.Slider(1, K, value=2, step=1, label="γ: scales drafted per round",
+                                gamma = gr.Slider(1, K, value=D["gamma"], step=1, label="γ: scales drafted per round",
                                                   elem_id="gamma")
                                 accept = gr.Radio([("probability min(1, λp/q)", "prob"), ("top-1 match", "top1")],
-                                                  value="prob", label="Acceptance rule", elem_id="accept")
-                                tau = gr.Slider(0.05, 1.0, value=1.0, step=0.05,
+                                                  value=D["accept"], label="Acceptance rule", elem_id="accept")
+                                tau = gr.Slider(0.05, 1.0, value=D["tau"], step=0.05,
                                                 label="τ: a scale passes when this share of its tokens is accepted",
                                                 elem_id="tau")
-                                lenience = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label="λ (lenience ≥ 1)",
-                                                     elem_id="lenience")
-                                adaptive = gr.Checkbox(False, label="adaptive γ (+1 after a clean round, −1 after "
-                                                       "a failed first scale)")
-                                keep_rejected = gr.Checkbox(False, label="relaxed: keep the draft's rejected "
-                                                            "tokens in passing scales")
+                                lenience = gr.Slider(1.0, 10.0, value=D["lenience"], step=0.5,
+                                                     label="λ (lenience ≥ 1)", elem_id="lenience")
+                                adaptive = gr.Checkbox(D["adaptive_gamma"], label="adaptive γ (+1 after a clean "
+                                                       "round, −1 after a failed first scale)")
+                                keep_rejected = gr.Checkbox(D["keep_draft_rejected"], label="relaxed: keep the "
+                                                            "draft's rejected tokens in passing scales")
                                 gr.Markdown("τ = 1, λ = 1 with the probability rule is exact: the output has the "
                                             "target's distribution.")
-                            cfg = gr.Slider(0.0, 8.0, value=1.5, step=0.1, label="CFG scale", elem_id="cfg")
-                            top_k = gr.Slider(0, 1000, value=0, step=1, label="top-k (0 = off)", elem_id="top-k")
-                            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1 = off)",
+                            cfg = gr.Slider(0.0, 8.0, value=D["cfg"], step=0.1, label="CFG scale", elem_id="cfg")
+                            top_k = gr.Slider(0, 1000, value=D["top_k"], step=1, label="top-k (0 = off)",
+                                              elem_id="top-k")
+                            top_p = gr.Slider(0.05, 1.0, value=D["top_p"], step=0.05, label="top-p (1 = off)",
                                               elem_id="top-p")
+                            precision = gr.Radio(["fp32", "bf16", "fp16"], value=D["precision"], visible=on_cuda,
+                                                 label="Precision (autocast on CUDA)", elem_id="precision")
                     with gr.Column(scale=3):
                         showing = gr.Markdown("", elem_id="showing")
                         with gr.Row(elem_id="headline"):
@@ -536,15 +581,15 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
                     with gr.Column(scale=2):
                         mask_entry = gr.Slider(0, K - 1, value=4, step=1, elem_id="entry-num",
                                                label="entry_num (the incoming model starts at scale entry_num + 1)")
-                        mask_full = gr.Checkbox(True, label=f"whole sequence ({layout.total}×{layout.total}); "
-                                                "off: only the prefill window")
+                        mask_full = gr.Checkbox(False, label=f"show the whole sequence ({layout.total}×{layout.total}) "
+                                                "instead of the prefill window")
                 with gr.Row(equal_height=False):
                     mask_heatmap = gr.Plot(label="attention mask (dark = allowed; box = prefill window)",
                                            elem_id="mask-heatmap", scale=3)
                     with gr.Column(scale=2):
-                        mask_counts = gr.Dataframe(label="allowed query–key pairs", interactive=False,
+                        rules_md = gr.Markdown(rule_markdown(1), elem_id="rules")
+                        mask_counts = gr.Dataframe(label="allowed query–key pairs per query scale", interactive=False,
                                                    elem_id="mask-counts")
-                        rules_md = gr.Markdown(rules_markdown(1), elem_id="rules")
                 gr.Markdown("### Which keys does one token see?")
                 with gr.Row():
                     pick_scale = gr.Slider(1, K, value=6, step=1, label="query scale", elem_id="pick-scale")
@@ -552,6 +597,8 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
                     pick_col = gr.Slider(0, layout.patch_nums[5] - 1, value=3, step=1, label="col", elem_id="pick-col")
                 keys_plot = gr.Plot(label="attended keys on every scale's grid", elem_id="keys-plot")
                 mask_multiples = gr.Plot(label="all six rules", elem_id="mask-multiples")
+                with gr.Accordion("Every rule explained", open=False):
+                    gr.Markdown(all_rules_markdown(), elem_id="all-rules")
 
             # ---- tab 3 -------------------------------------------------------------------------
             with gr.Tab("Shapes", id="shapes"):
@@ -564,13 +611,13 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
                     shape_scale = gr.Dropdown(["all"] + [str(k + 1) for k in range(K)], value="all", label="scale")
                 shape_table = gr.Dataframe(interactive=False, wrap=True, elem_id="shape-table",
                                            column_widths=["7%", "7%", "9%", "11%", "14%", "52%"])
-                gr.Markdown("\n".join(f"- `{name}`: {text}" for name, text in TENSOR_MEANINGS.items()))
 
             # ---- tab 4 -------------------------------------------------------------------------
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown("Sweep settings over several seeds. Every sweep first runs target only and draft only "
                             "with the same seeds; speed-ups and agreements are against that target-only run. "
-                            "Sampling settings (CFG, top-k, top-p, acceptance rule, λ) come from the Generate tab.")
+                            "Sampling settings (CFG, top-k, top-p, acceptance rule, λ, precision) come from the "
+                            "Generate tab.")
                 with gr.Row():
                     sweep_kind = gr.Radio([("schedules: entry_num × sd_mask", "schedule"),
                                            ("speculative: γ × τ", "speculative")], value="schedule",
@@ -603,12 +650,13 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
 
         # ---- wiring ----------------------------------------------------------------------------
         gen_inputs = [class_name, class_id, seed, mode, cfg, top_k, top_p, entry_num, schedule, sd_mask, gamma,
-                      accept, tau, lenience, adaptive, keep_rejected]
+                      accept, tau, lenience, adaptive, keep_rejected, precision]
         run_outputs = [runs_state, showing, final_image, target_image, draft_image, target_calls, draft_calls,
                        wall, speedup, summary, scale_slider, token_grid, scale_md, acceptance, timeline, shape_table]
 
-        def on_model(key):
+        def on_model(key, progress=gr.Progress()):
             """Load the chosen pair; on failure warn and fall back to the embedded pair."""
+            progress(0, desc=f"loading {MODELS.get(key, key)} (official weights: several GB)")
             try:
                 pair = bank.get(key)
             except ValueError as e:
@@ -626,22 +674,18 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
 
         mode.change(on_mode, mode, [schedule_group, spec_group], api_visibility="private")
 
+        @gpu(duration=60)
         @_gr_error
         def on_generate(key, *values, progress=gr.Progress()):
             """Run the chosen mode plus target-only and draft-only comparisons; render everything."""
             v = dict(zip(INPUT_KEYS, values))
             pair = bank.get(key)
             cls = class_index(pair, v["class_name"], v["class_id"])
-            if v["seed"] is None:
-                raise ValueError("seed must be an integer")
-            s = click_settings(v["mode"], v["cfg"], v["top_k"], v["top_p"], v["entry_num"], v["schedule"],
-                               v["sd_mask"], v["gamma"], v["accept"], v["tau"], v["lenience"],
-                               v["adaptive_gamma"], v["keep_draft_rejected"])
             progress(0, desc="starting")
-            runs = compute_click(pair, v["mode"], cls, v["seed"], s,
-                                 lambda done, total, desc: progress((done, total), desc=desc))
+            runs = run_click(pair, v["mode"], cls, v["seed"], click_settings(v),
+                             lambda done, total, desc: progress((done, total), desc=desc))
             label = pair.class_names[cls] if pair.class_names else f"class {cls}"
-            return render_run(runs, f"your run — {v['mode']}, {label}, seed {int(v['seed'])}")
+            return render_run(runs, f"your run — {v['mode']}, {label}, seed {int(v['seed'])}", pair.class_names)
 
         generate_btn.click(on_generate, [model_state] + gen_inputs, run_outputs, api_name="generate",
                            concurrency_id="model", concurrency_limit=1,
@@ -667,43 +711,36 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
             if not match:
                 return [gr.skip()] * (len(run_outputs) + len(gen_inputs))
             runs, inputs, title = load_bundle(match[0])
-            return render_run(runs, f"precomputed — {title}") + [
+            names = CLASS_NAMES if runs["main"].settings.get("pair", "").startswith("tiny") else None
+            return render_run(runs, f"precomputed — {title}", names) + [
                 inputs[k] if k in inputs else gr.skip() for k in INPUT_KEYS]
 
+        def on_load():
+            """Every new page opens on the first precomputed run (none: the page waits for a click)."""
+            return show_bundle(bundles[0][0] if bundles else None)
+
         example.input(show_bundle, example, run_outputs + gen_inputs, api_name="load_example")
-        demo.load(lambda: show_bundle(bundles[0][0]) if bundles else [gr.skip()] * (len(run_outputs) + len(gen_inputs)),
-                  None, run_outputs + gen_inputs, api_visibility="private")
+        demo.load(on_load, None, run_outputs + gen_inputs, api_visibility="private")
 
         # masks tab
-        def mask_view(key, rule, current, full):
-            """Heatmap, pair counts, explanations and the six small multiples for one rule and entry_num."""
-            lay = bank.get(key).layout
-            rule, current = int(rule), int(current)
-            return (viz.mask_heatmap_figure(rule, current, lay, bool(full)),
-                    viz.pair_count_table(rule, current, lay, bool(full)), rules_markdown(rule),
-                    viz.mask_small_multiples_figure(current, lay, bool(full)))
+        def on_mask(key, rule, current, full):
+            return mask_view(bank.get(key).layout, rule, current, full)
 
-        def keys_view(key, rule, current, scale, row, col):
-            """The attended-keys figure; row and col are clamped to the scale's grid."""
-            lay = bank.get(key).layout
-            k = int(scale) - 1
-            pn = lay.patch_nums[k]
-            row, col = min(int(row), pn - 1), min(int(col), pn - 1)
-            return (viz.attended_keys_figure(int(rule), int(current), k, row, col, lay),
-                    gr.Slider(maximum=pn - 1, value=row), gr.Slider(maximum=pn - 1, value=col))
+        def on_keys(key, rule, current, scale, row, col):
+            return keys_view(bank.get(key).layout, rule, current, scale, row, col)
 
         mask_outputs = [mask_heatmap, mask_counts, rules_md, mask_multiples]
         mask_inputs = [model_state, mask_rule, mask_entry, mask_full]
         key_inputs = [model_state, mask_rule, mask_entry, pick_scale, pick_row, pick_col]
         key_outputs = [keys_plot, pick_row, pick_col]
-        masks_tab.select(_gr_error(mask_view), mask_inputs, mask_outputs, api_visibility="private").then(
-            _gr_error(keys_view), key_inputs, key_outputs, api_visibility="private")
         for widget in (mask_rule, mask_entry, mask_full):
-            widget.input(_gr_error(mask_view), mask_inputs, mask_outputs, trigger_mode="always_last",
+            widget.input(_gr_error(on_mask), mask_inputs, mask_outputs, trigger_mode="always_last",
                          **_api(widget is mask_rule, "mask_view"))
-        for widget in (mask_rule, mask_entry, pick_scale, pick_row, pick_col):
-            widget.input(_gr_error(keys_view), key_inputs, key_outputs, trigger_mode="always_last",
+        for widget in (pick_scale, pick_row, pick_col, mask_rule, mask_entry):   # the public endpoint first
+            widget.input(_gr_error(on_keys), key_inputs, key_outputs, trigger_mode="always_last",
                          **_api(widget is pick_scale, "keys_view"))
+        masks_tab.select(_gr_error(on_mask), mask_inputs, mask_outputs, api_visibility="private").then(
+            _gr_error(on_keys), key_inputs, key_outputs, api_visibility="private")
 
         # shapes tab
         for widget in (shape_model, shape_scale):
@@ -716,8 +753,9 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
 
         sweep_kind.change(on_sweep_kind, sweep_kind, [sched_sweep, spec_sweep], api_visibility="private")
 
+        @gpu(duration=180)
         def on_sweep(key, kind, seeds_text, classes, entries, dirs, sd_masks, gammas, taus, cls_name, cls_id,
-                     cfg_v, top_k_v, top_p_v, accept_v, lenience_v, progress=gr.Progress()):
+                     cfg_v, top_k_v, top_p_v, accept_v, lenience_v, precision_v, progress=gr.Progress()):
             """Run the sweep entry by entry, yielding the table, plot and CSV after each one."""
             try:
                 pair = bank.get(key)
@@ -731,7 +769,7 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
                 else:
                     class_ids = [class_index(pair, cls_name, cls_id)]
                 base = dict(cfg=float(cfg_v), top_k=int(top_k_v), top_p=float(top_p_v), accept=str(accept_v),
-                            lenience=float(lenience_v))
+                            lenience=float(lenience_v), precision=str(precision_v))
             except ValueError as e:
                 raise gr.Error(str(e)) from None
             classifier, note = load_quality_classifier(pair)
@@ -750,11 +788,11 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
                 df.to_csv(csv_path, index=False)
                 status = (f"{i + 1} of {len(configs)} runs done ({len(seed_list)} seed(s) × {len(class_ids)} "
                           f"image(s) each) with **{pair.name}**. " + note)
-                yield status, viz.sweep_figure(df), df.round(4), gr.DownloadButton(value=str(csv_path))
+                yield status, viz.sweep_figure(df), df[SWEEP_COLUMNS].round(4), str(csv_path)
 
         sweep_event = sweep_btn.click(
             on_sweep, [model_state, sweep_kind, seeds, sweep_classes, sweep_entries, sweep_dirs, sweep_masks,
-                       sweep_gammas, sweep_taus, class_name, class_id, cfg, top_k, top_p, accept, lenience],
+                       sweep_gammas, sweep_taus, class_name, class_id, cfg, top_k, top_p, accept, lenience, precision],
             [sweep_md, sweep_plot, sweep_table, csv_btn], api_name="sweep", concurrency_id="model",
             concurrency_limit=1, show_progress_on=[sweep_plot])
         stop_btn.click(None, None, None, cancels=[sweep_event], api_visibility="private")
@@ -778,7 +816,12 @@ def main(argv=None) -> None:
     parser.add_argument("--host", default=None, help="bind address (default $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default 1 on CPU: the small models gain nothing from more, "
+                             "and a busy CPU makes more threads much slower)")
     args = parser.parse_args(argv)
+    if args.threads or not torch.cuda.is_available():
+        torch.set_num_threads(max(1, args.threads or 1))
     demo = build_demo(weights_dir=args.weights_dir or os.environ.get("SDVAR_WEIGHTS_DIR"))
     launch(demo, args.host, args.port, args.share)
 

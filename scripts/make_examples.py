@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402
 
-# (file stem, title, Generate-tab inputs); unspecified inputs take the app's defaults
+# (file stem, title, Generate-tab inputs); unspecified inputs take app.DEFAULT_INPUTS
 EXAMPLES = [
     ("01-speculative-exact", "speculative, exact rule (γ = 2) — heart, seed 0",
      dict(class_name="heart", seed=0, mode="speculative", gamma=2)),
@@ -29,8 +29,7 @@ EXAMPLES = [
     ("04-schedule-native", "schedule: draft makes scales 1–6, native mask (sd_mask 3) — checker, seed 3",
      dict(class_name="checker", seed=3, mode="schedule", entry_num=6, sd_mask=3)),
 ]
-DEFAULTS = dict(class_id=0, cfg=1.5, top_k=0, top_p=1.0, entry_num=4, schedule="", sd_mask=3, gamma=2,
-                accept="prob", tau=1.0, lenience=1.0, adaptive_gamma=False, keep_draft_rejected=False)
+
 
 
 def main(argv=None) -> None:
@@ -39,6 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("--allow-untrained", action="store_true",
                         help="write examples even when assets/tiny is missing and random weights stand in")
     args = parser.parse_args(argv)
+    app.torch.set_num_threads(1)   # as the app does on CPU
     bank = app.PairBank(app.default_pair_loader())
     pair = bank.get("tiny")
     if "tiny" in bank.notes:
@@ -47,15 +47,12 @@ def main(argv=None) -> None:
             sys.exit("refusing to write examples from untrained weights (pass --allow-untrained to do it anyway)")
     out = Path(args.out)
     for stem, title, given in EXAMPLES:
-        inputs = {**DEFAULTS, **given}
+        inputs = {**app.DEFAULT_INPUTS, **given}
         if "tiny" in bank.notes:
             title += " [untrained weights]"
-        settings = app.click_settings(*(inputs[k] for k in (
-            "mode", "cfg", "top_k", "top_p", "entry_num", "schedule", "sd_mask", "gamma", "accept", "tau",
-            "lenience", "adaptive_gamma", "keep_draft_rejected")))
         t = time.perf_counter()
         runs = app.run_click(pair, inputs["mode"], app.class_index(pair, inputs["class_name"], None),
-                             inputs["seed"], settings)
+                             inputs["seed"], app.click_settings(inputs))
         app.save_bundle(out / f"{stem}.npz", runs, inputs, title)
         h = app.viz.headline(runs["main"], runs["target"], runs["draft"])
         print(f"{stem}: {time.perf_counter() - t:.2f} s, target calls {h['target_calls']}, "

@@ -4,7 +4,8 @@ FID-tiny is the Fréchet distance between Gaussians fitted to the classifier's p
 features of two image sets. It is a proxy for FID on this project's data, not comparable
 with Inception FID on ImageNet.
 
-CLI:  python -m sdvar_core.metrics train --out assets/classifier --steps 600
+CLI:  python -m sdvar_core.metrics train --out assets/classifier --steps 800 --batch-size 32 --threads 1
+(the shipped assets/classifier: 99.9% on 2000 held-out images; see its .json)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,7 +101,7 @@ def _new_classifier(config: ClassifierConfig, seed: int) -> Classifier:
         return Classifier(config)
 
 
-def train_classifier(steps: int, batch_size: int = 64, seed: int = 0, device: str = "cpu", lr: float = 3e-3,
+def train_classifier(steps: int, batch_size: int = 32, seed: int = 0, device: str = "cpu", lr: float = 3e-3,
                      progress: bool = True, config: ClassifierConfig = ClassifierConfig()) -> Classifier:
     """Train on fresh procedural batches (never repeated): AdamW, short warm-up, cosine decay.
 
@@ -180,13 +182,23 @@ def gaussian_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats.mean(0), np.cov(feats, rowvar=False).reshape(feats.shape[1], feats.shape[1])
 
 
+def _sqrtm_checked(a: np.ndarray, tol: float = 1e-5) -> np.ndarray | None:
+    """sqrtm(a) for (D, D) a, or None if it is not finite or |X @ X - a| > tol * |a| (Frobenius)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # judged by the residual below
+        root = scipy.linalg.sqrtm(a)
+    if not np.isfinite(root).all() or np.linalg.norm(root @ root - a) > tol * np.linalg.norm(a):
+        return None
+    return root
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
 
         |mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 sqrtm(sigma1 @ sigma2)).
 
-    mu: (D,), sigma: (D, D). If sqrtm is not finite (near-singular product), eps*I is added
-    to both covariances. Tiny imaginary parts from round-off are dropped; the result is >= 0.
+    mu: (D,), sigma: (D, D). If sqrtm is not finite or inaccurate (near-singular product), eps*I is
+    added to both covariances. Tiny imaginary parts from round-off are dropped; the result is >= 0.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -194,8 +206,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(f"need mu (D,) and sigma (D, D) for both Gaussians, got mu1 {mu1.shape}, "
                          f"sigma1 {sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}")
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
+    covmean = _sqrtm_checked(sigma1 @ sigma2)
+    if covmean is None:
         off = eps * np.eye(d)
         covmean = scipy.linalg.sqrtm((sigma1 + off) @ (sigma2 + off))
     diff = mu1 - mu2
@@ -218,7 +230,8 @@ def bootstrap_fid(classifier: Classifier, real: np.ndarray, fake: np.ndarray, n_
     """FID-tiny with a bootstrap over the fake set (resampled with replacement, real set fixed).
 
     Returns (mean, lo, hi): mean and 2.5 / 97.5 percentiles of the n_boot bootstrap values.
-    Features are computed once, so each resample costs one covariance and one sqrtm.
+    Resampling repeats images, so these sit above fid_tiny on the same sets: compare settings
+    only at equal set sizes. Features are computed once; each resample costs one covariance and one sqrtm.
     """
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -280,7 +293,7 @@ def _train_cli(args: argparse.Namespace) -> None:
     meta = dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
                 heldout_accuracy=acc, heldout_per_class=per_class, heldout_images=args.heldout,
                 heldout_seed=HELDOUT_SEED, train_seconds=round(seconds, 1),
-                machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads",
+                machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, threads={args.threads}",
                 params=sum(p.numel() for p in model.parameters()))
     save_classifier(model, args.out, meta)
     print(json.dumps({k: v for k, v in meta.items() if k != "heldout_per_class"}))
@@ -291,13 +304,15 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("train", help="train the FID-tiny classifier and save it")
     p.add_argument("--out", default="assets/classifier", help="path stem: writes <out>.safetensors and <out>.json")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads; 1 is faster on a busy machine")
     p.add_argument("--heldout", type=int, default=2000, help="fresh held-out images for the accuracy")
     args = parser.parse_args(argv)
+    if args.heldout < NUM_CLASSES:
+        parser.error(f"--heldout must be >= {NUM_CLASSES} (one image per class), got {args.heldout}")
     _train_cli(args)
 
 

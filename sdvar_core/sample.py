@@ -6,28 +6,31 @@
 Image j of a job (j = position of its class in --classes × per-class + i) is made in chunk
 c = j // batch_size, one `generate` call over that chunk's indices with seed
 seed·1_000_003 + c. Chunks go round-robin to the processes that torchrun starts (RANK /
-WORLD_SIZE in the environment; gloo on CPU, NCCL on GPUs), so any number of processes
-gives the same images as one; the images depend on (seed, batch size, j, class).
+WORLD_SIZE in the environment; gloo on CPU, NCCL on GPUs, one process per GPU), so any
+number of processes gives the same images as one. Image j depends on the seed, the batch
+size and the classes of its chunk (a chunk's images share one generator and, in speculative
+mode, one round structure), all fixed by the job and j.
 
 Folder layout:
     images/{j:06d}.png    one picture per index
     chunks/{c:06d}.npz    per chunk: `tokens` int16 (n, L) and `stats` (JSON text as uint8);
                           written last, atomically: a chunk is done when it and its PNGs exist
     stats.jsonl           one JSON line per image, sorted by index (appended while running,
-                          rebuilt from chunks/ at the end of every invocation)
+                          rebuilt from chunks/ at the end of every invocation): index, class, chunk,
+                          target_calls / draft_calls (of its chunk's generate call), accepted_per_scale
+                          (its draft tokens accepted as drafted, K counts), seconds (chunk time / images)
     samples.npz           arr_0 uint8 (N, H, W, 3) in index order + labels (N,) int64: the layout
                           the OpenAI guided-diffusion evaluator reads; written once every chunk is done
     tokens.npz            tokens int16 (N, L), labels (N,), patch_nums (K,)
     run.json              {"job": what fixes the images, "runs": one entry per invocation}
 
-Resuming: run the same command again. Done chunks are skipped; a killed run loses at most the
+Several nodes need --out on a shared file system. Resuming: run the same command again. Done chunks are skipped; a killed run loses at most the
 chunks in flight. A different job (pair, mode, settings, seed, classes, per-class, batch size)
 in the same folder is refused.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -120,6 +123,17 @@ def load_sample_pair(args, device: torch.device) -> Pair:
     folder = Path(args.pair)
     return Pair(load_vqvae(folder / "vqvae", device), zoo.load_var(folder / "draft", device),
                 zoo.load_var(folder / "target", device), name=folder.name)
+
+
+def save_pair_folder(pair: Pair, folder) -> None:
+    """Write a pair as a --pair folder: vqvae/draft/target .json + .safetensors."""
+    from .vqvae import save_vqvae
+    from .zoo import save_var
+
+    folder = Path(folder)
+    save_vqvae(pair.vqvae, folder / "vqvae")
+    save_var(pair.draft, folder / "draft")
+    save_var(pair.target, folder / "target")
 
 
 def job_labels(classes: list[int], per_class: int) -> np.ndarray:
@@ -295,6 +309,8 @@ def check_args(parser: argparse.ArgumentParser, args) -> tuple[dict, list[int]]:
         parser.error("--draft-depth/--target-depth/--weights-dir apply to --pair official only")
     if args.device not in ("auto", "cpu", "cuda"):
         parser.error(f"--device must be 'auto', 'cpu' or 'cuda', got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but CUDA is not available")
     return settings, classes
 
 
@@ -305,10 +321,14 @@ def distributed_setup(device_arg: str) -> tuple[int, int, torch.device]:
     use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"process LOCAL_RANK={local} but this node has {torch.cuda.device_count()} GPU(s): "
+                             f"start at most one process per GPU (or use --device cpu)")
         torch.cuda.set_device(device)
     if world > 1:
         # long timeout: ranks wait at the final barrier while the slowest finishes its last chunk
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2),
+                                device_id=device if use_cuda else None)
     return rank, world, device
 
 
@@ -319,15 +339,16 @@ def barrier(world: int) -> None:
 
 def job_record(args, settings: dict, classes: list[int], pair: Pair) -> dict:
     """What fixes the images; a resumed run must match it."""
-    return dict(pair=args.pair, pair_name=pair.name, draft_depth=pair.draft.cfg.depth,
+    return dict(pair=pair.name, draft_depth=pair.draft.cfg.depth,
                 target_depth=pair.target.cfg.depth, mode=args.mode,
                 settings={k: v for k, v in asdict(Settings(**settings)).items() if k != "progressive"},
                 seed=args.seed, classes=classes, per_class=args.per_class, batch_size=args.batch_size,
                 image_size=pair.vqvae.cfg.image_size, patch_nums=list(pair.layout.patch_nums))
 
 
-def run_record(world: int, device: torch.device, argv: list[str]) -> dict:
-    return dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), world_size=world, device=str(device),
+def run_record(args, world: int, device: torch.device, argv: list[str]) -> dict:
+    """One invocation: where the pair came from, how many processes, on what, with which versions."""
+    return dict(started=time.strftime("%Y-%m-%dT%H:%M:%S"), pair_source=args.pair, world_size=world, device=str(device),
                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                 argv=argv, versions=dict(python=platform.python_version(), torch=torch.__version__,
                                          numpy=np.__version__, cuda=torch.version.cuda))
@@ -340,8 +361,8 @@ def main(argv=None) -> None:
     settings, classes = check_args(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rank, world, device = distributed_setup(args.device)
     try:
+        rank, world, device = distributed_setup(args.device)
         pair = load_sample_pair(args, device)
     except ValueError as e:
         parser.error(str(e))
@@ -370,8 +391,9 @@ def main(argv=None) -> None:
             (out / d).mkdir(parents=True, exist_ok=True)
             for stale in (out / d).glob(".*.tmp"):   # left by a killed run
                 stale.unlink()
-        runs.append(run_record(world, device, argv))
-        write_atomic(out / "run.json", lambda f: f.write((json.dumps(dict(job=job, runs=runs), indent=2) + "\n").encode()))
+        runs.append(run_record(args, world, device, argv))
+        record = json.dumps(dict(job=job, runs=runs), indent=2) + "\n"
+        write_atomic(out / "run.json", lambda f: f.write(record.encode()))
         print(f"{total} images in {num_chunks} chunks of {args.batch_size}; {len(todo)} chunk(s) to make now "
               f"on {world} process(es)", flush=True)
     barrier(world)

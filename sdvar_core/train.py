@@ -114,7 +114,7 @@ def train_loop(model, opt, loss_fn, args, ckpt_path: Path, extra_state=None) -> 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 10 == 0:
-            bar.set_postfix({k: f"{float(v):.4f}" for k, v in losses.items()})
+            bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
         if (step + 1) % args.ckpt_every == 0:
             checkpoint(step + 1)
     else:
@@ -168,6 +168,25 @@ def evaluate_vqvae(model: VQVAE, n: int, seed: int, batch_size: int = 100) -> di
             "codebook_usage": round(used.float().mean().item(), 4)}
 
 
+def _render_chunk(job):
+    labels, seed, size, start = job
+    return data.make_images(labels, seed, size, start=start)
+
+
+def render_images(n: int, seed: int, size: int, workers: int = 1, chunk: int = 1000):
+    """n procedural images rendered in `workers` processes → (uint8 (n, size, size, 3), int64 labels (n,))."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    labels = data.make_labels(n, seed)
+    jobs = [(labels[i:i + chunk], seed, size, i) for i in range(0, n, chunk)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            chunks = list(pool.map(_render_chunk, jobs))
+    else:
+        chunks = [_render_chunk(j) for j in jobs]
+    return np.concatenate(chunks), labels
+
+
 def train_vqvae(args) -> dict:
     """Train TINY_VQVAE on procedural images; write <out>.safetensors/.json; return the JSON metadata."""
     if args.eval_seed == args.seed:
@@ -180,14 +199,22 @@ def train_vqvae(args) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     q = model.quantize
 
+    pool = None
+    if args.pool:  # render a fixed pool once (fast on many cores) instead of fresh images every step
+        pool = data.to_tensor(render_images(args.pool, args.seed, cfg.image_size, args.workers)[0]).to(device)
+
     def loss_fn(step):
-        x = train_images(step, args.batch_size, args.seed, cfg.image_size).to(device)
+        if pool is None:
+            x = train_images(step, args.batch_size, args.seed, cfg.image_size).to(device)
+        else:
+            g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            x = pool[torch.randint(0, len(pool), (args.batch_size,), generator=g).to(device)]
         return model(x)[1]
 
     extra = (lambda: {"train_calls": q.train_calls}, lambda d: setattr(q, "train_calls", d["train_calls"]))
     run = train_loop(model, opt, loss_fn, args, Path(f"{args.out}.ckpt.pt"), extra)
     ev = evaluate_vqvae(model, args.eval_images, args.eval_seed)
-    meta = {**run, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, **ev,
+    meta = {**run, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "pool": args.pool, **ev,
             "eval_images": args.eval_images, "eval_seed": args.eval_seed, "machine": machine_name(device),
             "threads": torch.get_num_threads()}
     save_vqvae(model.cpu(), args.out, meta)
@@ -199,30 +226,13 @@ def train_vqvae(args) -> dict:
 # --- VAR (draft and target) ---------------------------------------------------------------
 
 
-def _render_chunk(job):
-    labels, seed, size, start = job
-    return data.make_images(labels, seed, size, start=start)
-
-
 @torch.no_grad()
 def token_dataset(vqvae: VQVAE, n: int, seed: int, workers: int = 1, chunk: int = 1000):
-    """Render n procedural images (in `workers` processes) and tokenize them.
-
-    Returns (tokens int16 (n, L) on the VQ-VAE's device, labels int64 (n,)).
-    """
-    from concurrent.futures import ProcessPoolExecutor
-
+    """Render n procedural images and tokenize them → (tokens int16 (n, L), labels int64 (n,)) on the VQ-VAE's device."""
     device = next(vqvae.parameters()).device
-    labels = data.make_labels(n, seed)
-    jobs = [(labels[i:i + chunk], seed, vqvae.cfg.image_size, i) for i in range(0, n, chunk)]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            chunks = list(pool.map(_render_chunk, jobs))
-    else:
-        chunks = [_render_chunk(j) for j in jobs]
-    tokens = []
-    for images in tqdm(chunks, desc="tokenize", dynamic_ncols=True):
-        tokens.append(torch.cat(vqvae.image_to_tokens(data.to_tensor(images).to(device)), dim=1).to(torch.int16))
+    images, labels = render_images(n, seed, vqvae.cfg.image_size, workers, chunk)
+    tokens = [torch.cat(vqvae.image_to_tokens(data.to_tensor(images[i:i + chunk]).to(device)), dim=1).to(torch.int16)
+              for i in tqdm(range(0, n, chunk), desc="tokenize", dynamic_ncols=True)]
     return torch.cat(tokens), torch.as_tensor(labels, device=device)
 
 
@@ -252,8 +262,15 @@ def train_var(args) -> dict:
                     cond_drop_rate=args.cond_drop, name=Path(args.out).name)
     model = VAR(cfg).to(device)
     t_data = time.time()
-    tokens, labels = token_dataset(vqvae, args.images, args.seed, args.workers)
-    held_tokens, held_labels = token_dataset(vqvae, args.eval_images, args.eval_seed, args.workers)
+    cache = Path(args.data_cache) if args.data_cache else None
+    if cache and cache.exists():
+        d = torch.load(cache, map_location=device, weights_only=True)
+        tokens, labels, held_tokens, held_labels = d["tokens"], d["labels"], d["held_tokens"], d["held_labels"]
+    else:
+        tokens, labels = token_dataset(vqvae, args.images, args.data_seed, args.workers)
+        held_tokens, held_labels = token_dataset(vqvae, args.eval_images, args.eval_seed, args.workers)
+        if cache:
+            torch.save({"tokens": tokens, "labels": labels, "held_tokens": held_tokens, "held_labels": held_labels}, cache)
     t_data = time.time() - t_data
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     autocast = contextlib.nullcontext
@@ -271,11 +288,12 @@ def train_var(args) -> dict:
         held = [var_loss(model, vqvae, held_tokens[i:i + 250], held_labels[i:i + 250], autocast).item()
                 for i in range(0, len(held_tokens), 250)]
     meta = {**run, "data_seconds": round(t_data, 1), "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
-            "weight_decay": args.weight_decay, "train_images": args.images, "eval_images": args.eval_images,
+            "weight_decay": args.weight_decay, "train_images": args.images, "data_seed": args.data_seed, "eval_images": args.eval_images,
             "eval_seed": args.eval_seed, "heldout_loss": round(float(np.mean(held)), 4),
             "params": model.num_params(), "vqvae": Path(args.vqvae).name, "machine": machine_name(device),
             "threads": torch.get_num_threads()}
-    save_var(model.cpu(), args.out, meta)
+    meta["stored_dtype"] = "float16"
+    save_var(model.cpu(), args.out, meta, dtype=torch.float16)
     print(meta)
     return meta
 
@@ -288,6 +306,8 @@ def main(argv=None) -> None:
     p.add_argument("--restart-every", type=int, default=100, help="dead-code restart period in steps (0 = off)")
     p.add_argument("--eval-images", type=int, default=500)
     p.add_argument("--eval-seed", type=int, default=12345)
+    p.add_argument("--pool", type=int, default=0, help="train on a fixed pool of this many images (0 = fresh images each step)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that render the pool")
     p = sub.add_parser("var", help="train a draft or target VAR on a trained VQ-VAE's tokens")
     add_common_args(p)
     p.add_argument("--vqvae", required=True, help="stem of the trained VQ-VAE (e.g. assets/tiny/vqvae)")
@@ -298,6 +318,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval-images", type=int, default=1000)
     p.add_argument("--eval-seed", type=int, default=12345)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes that render the images")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the rendered training images")
+    p.add_argument("--data-cache", default="", help="reuse the tokenized images from this file (written if absent)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (enables CFG)")
     args = parser.parse_args(argv)

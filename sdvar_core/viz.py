@@ -50,6 +50,17 @@ def _layout(fig: go.Figure, title: str | None = None, height: int = 360, **kw) -
     return fig
 
 
+def _grid_lines(at: list[float], lo: float, hi: float, color: str) -> go.Scatter:
+    """Vertical and horizontal lines at each value of `at`, spanning [lo, hi], as one line trace
+    (one trace renders and serialises much faster than one layout shape per line)."""
+    xs, ys = [], []
+    for v in at:
+        xs += [v, v, None, lo, hi, None]
+        ys += [lo, hi, None, v, v, None]
+    return go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=color, width=1), hoverinfo="skip",
+                      showlegend=False, name="grid")
+
+
 def _check_scale(trace: Trace, scale: int) -> int:
     n = len(trace.scales)
     if isinstance(scale, bool) or int(scale) != scale or not 0 <= int(scale) < n:
@@ -121,13 +132,9 @@ def token_grid_figure(trace: Trace, scale: int, sample: int = 0) -> go.Figure:
         # the image spans the same [-0.5, pn-0.5] box as the token cells, so grid lines line up
         fig.add_trace(go.Image(z=img, x0=-0.5 + pn / w / 2, dx=pn / w, y0=-0.5 + pn / h / 2, dy=pn / h,
                                hoverinfo="skip"), row=1, col=1)
-        if pn > 1:
-            for i in range(1, pn):
-                for axis in ("x", "y"):
-                    line = dict(x0=i - 0.5, x1=i - 0.5, y0=-0.5, y1=pn - 0.5) if axis == "x" else \
-                        dict(x0=-0.5, x1=pn - 0.5, y0=i - 0.5, y1=i - 0.5)
-                    fig.add_shape(type="line", line=dict(color="rgba(255,255,255,0.45)", width=1),
-                                  row=1, col=1, **line)
+        if pn > 1:   # the token cell borders over the picture
+            fig.add_trace(_grid_lines([i - 0.5 for i in range(1, pn)], -0.5, pn - 0.5,
+                                      "rgba(255,255,255,0.45)"), row=1, col=1)
     fig.add_trace(go.Heatmap(z=z, zmin=-0.5, zmax=3.5, colorscale=_status_colorscale(), showscale=False,
                              customdata=custom, hovertemplate=hover, xgap=1 if pn <= 16 else 0,
                              ygap=1 if pn <= 16 else 0, name="status"), row=1, col=2)
@@ -143,7 +150,7 @@ def token_grid_figure(trace: Trace, scale: int, sample: int = 0) -> go.Figure:
     title = None
     if rec.stale:
         title = "judged against a condition built from the draft's uncorrected tokens (relaxed mode)"
-    return _layout(fig, title, height=380, legend=dict(orientation="h", y=-0.08, x=0.5, xanchor="center"))
+    return _layout(fig, title, height=460, legend=dict(orientation="h", y=-0.06, x=0.5, xanchor="center"))
 
 
 def scale_summary(trace: Trace, scale: int, sample: int = 0) -> str:
@@ -225,6 +232,7 @@ def timeline_figure(trace: Trace, reference: Trace | None = None, reference_labe
     fig.update_yaxes(categoryorder="array", categoryarray=order[::-1])
     return _layout(fig, "Timeline of model calls (hover a bar: scales, query length, KV cache, mask)",
                    height=240 + 40 * (reference is not None), barmode="overlay", bargap=0.35,
+                   uniformtext=dict(mode="hide", minsize=9),
                    legend=dict(orientation="h", y=-0.35, x=0))
 
 
@@ -286,21 +294,20 @@ def mask_heatmap_figure(rule: int, current: int, layout: ScaleLayout = ScaleLayo
     m = masks.mask_matrix(rule, current, layout, q_end=end).numpy().astype(np.uint8)
     fig = go.Figure(go.Heatmap(z=m, zmin=0, zmax=1, colorscale=MASK_COLORS, showscale=False,
                                hovertemplate="query %{y} → key %{x}: %{z}<extra>1 = allowed</extra>"))
-    for s in layout.starts[1:]:
-        if s < end:
-            for d in (dict(x0=s - 0.5, x1=s - 0.5, y0=-0.5, y1=end - 0.5), dict(y0=s - 0.5, y1=s - 0.5, x0=-0.5, x1=end - 0.5)):
-                fig.add_shape(type="line", line=dict(color="rgba(213,94,0,0.35)", width=1), **d)
-    pe = layout.ends[current]
+    fig.add_trace(_grid_lines([s - 0.5 for s in layout.starts[1:] if s < end], -0.5, end - 0.5,
+                              "rgba(213,94,0,0.35)"))
+    pe = layout.ends[current]   # the prefill window
     fig.add_shape(type="rect", x0=-0.5, y0=-0.5, x1=pe - 0.5, y1=pe - 0.5, line=dict(color="#D55E00", width=2))
     vals, text = _scale_ticks(layout, end)
-    fig.update_xaxes(tickvals=vals, ticktext=text, title="key position (by scale)", range=[-0.5, end - 0.5],
-                     showgrid=False, zeroline=False, side="top", constrain="domain")
-    fig.update_yaxes(tickvals=vals, ticktext=text, title="query position (by scale)", range=[end - 0.5, -0.5],
+    fig.update_xaxes(tickvals=vals, ticktext=text, title="key position (ticks: scale)", range=[-0.5, end - 0.5],
+                     showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(tickvals=vals, ticktext=text, title="query position (ticks: scale)", range=[end - 0.5, -0.5],
                      showgrid=False, zeroline=False, scaleanchor="x")
     counts = masks.pair_counts(rule, current, layout, q_end=end)
-    title = (f"sd_mask {rule} · {masks.rule_name(rule)} — hand-off at scale {current + 1}: "
-             f"{counts['allowed']:,} of {counts['total']:,} pairs allowed ({counts['sparsity']:.1%} blocked)")
-    return _layout(fig, title, height=620, margin=dict(l=60, r=20, t=90, b=20))
+    title = (f"sd_mask {rule} · {masks.rule_name(rule)}, hand-off at scale {current + 1}<br>"
+             f"<sup>{counts['allowed']:,} of {counts['total']:,} query–key pairs allowed "
+             f"({counts['sparsity']:.1%} blocked)</sup>")
+    return _layout(fig, title, height=620, margin=dict(l=60, r=20, t=80, b=50))
 
 
 def mask_png(mask: np.ndarray) -> str:
@@ -380,11 +387,11 @@ def pair_count_table(rule: int, current: int, layout: ScaleLayout = ScaleLayout(
     counts = masks.pair_counts(rule, current, layout, q_end=end)
     rows = []
     for k, c in counts["per_scale"].items():
-        role = "prefix" if k < current else "current" if k == current else "after (KV-cache steps)"
+        role = "prefix" if k < current else "current" if k == current else "after"
         rows.append({"query scale": scale_label(layout.patch_nums, k), "role": role,
-                     "allowed pairs": c["allowed"], "total pairs": c["total"], "blocked": f"{c['sparsity']:.1%}"})
-    rows.append({"query scale": "all", "role": "", "allowed pairs": counts["allowed"],
-                 "total pairs": counts["total"], "blocked": f"{counts['sparsity']:.1%}"})
+                     "allowed": c["allowed"], "of": c["total"], "blocked": f"{c['sparsity']:.1%}"})
+    rows.append({"query scale": "all", "role": "", "allowed": counts["allowed"],
+                 "of": counts["total"], "blocked": f"{counts['sparsity']:.1%}"})
     return pd.DataFrame(rows)
 
 
@@ -439,7 +446,7 @@ def sweep_figure(df: pd.DataFrame) -> go.Figure:
             if pd.notna(base[metric]):
                 fig.add_hline(y=float(base[metric]), line=dict(dash="dot", color="#777777", width=1),
                               annotation_text=base["series"], annotation_font_size=10, row=1, col=j + 1)
-    fig.update_xaxes(title=x_name, gridcolor="#e5e5e5", dtick=1)
+    fig.update_xaxes(title="γ" if x_name == "gamma" else "entry_num", gridcolor="#e5e5e5", dtick=1)
     fig.update_yaxes(gridcolor="#e5e5e5")
     return _layout(fig, "Sweep (dotted: target-only and draft-only baselines of the same sweep)", height=400,
                    legend=dict(orientation="h", y=-0.25, x=0))

@@ -257,10 +257,14 @@ def find_official_weights(depth: int, weights_dir=None) -> tuple[Path, Path]:
 # ---- our own weights -----------------------------------------------------------------------------
 
 
-def save_var(model: VAR, stem, meta: dict | None = None) -> None:
-    """Write `<stem>.safetensors` (state dict without DERIVED_BUFFERS) and `<stem>.json` ({'config': ..., **meta})."""
+def save_var(model: VAR, stem, meta: dict | None = None, dtype: torch.dtype | None = None) -> None:
+    """Write `<stem>.safetensors` (state dict without DERIVED_BUFFERS) and `<stem>.json` ({'config': ..., **meta}).
+
+    dtype: store floating-point tensors in this dtype (e.g. float16 to halve the file); loading casts back.
+    """
     Path(stem).parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in DERIVED_BUFFERS}
+    cast = lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v  # noqa: E731
+    state = {k: cast(v.detach().cpu()).contiguous() for k, v in model.state_dict().items() if k not in DERIVED_BUFFERS}
     save_file(state, f"{stem}.safetensors")
     info = {"config": model.cfg.to_dict(), **(meta or {})}
     Path(f"{stem}.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -328,17 +332,18 @@ def verify_card(folder) -> dict:
 # ---- pairs ------------------------------------------------------------------------------------------
 
 
-def _tiny_pair(device) -> Pair:
-    """The embedded pair of assets/tiny: vqvae, draft, target (+ card.json, checked when present)."""
-    need = [TINY_DIR / f"{s}.{e}" for s in ("vqvae", "draft", "target") for e in ("json", "safetensors")]
+def _tiny_pair(device, folder: Path = TINY_DIR) -> Pair:
+    """The embedded pair of `folder` (assets/tiny): vqvae, draft, target (+ card.json, checked when present)."""
+    folder = Path(folder)
+    need = [folder / f"{s}.{e}" for s in ("vqvae", "draft", "target") for e in ("json", "safetensors")]
     missing = [p.name for p in need if not p.is_file()]
     if missing:
-        raise ValueError(f"the tiny pair is incomplete: {', '.join(missing)} missing in {TINY_DIR} "
+        raise ValueError(f"the tiny pair is incomplete: {', '.join(missing)} missing in {folder} "
                          f"(the repo ships them there; or pass name='official' for the official weights)")
-    if (TINY_DIR / "card.json").is_file():
-        verify_card(TINY_DIR)
-    vqvae = load_vqvae(TINY_DIR / "vqvae", device)
-    return Pair(vqvae, load_var(TINY_DIR / "draft", device), load_var(TINY_DIR / "target", device),
+    if (folder / "card.json").is_file():
+        verify_card(folder)
+    vqvae = load_vqvae(folder / "vqvae", device)
+    return Pair(vqvae, load_var(folder / "draft", device), load_var(folder / "target", device),
                 name="tiny", class_names=list(CLASS_NAMES))
 
 
@@ -352,10 +357,10 @@ def _official_pair(draft_depth: int, target_depth: int, weights_dir, device) -> 
 
 
 def load_pair(name: str = "tiny", *, draft_depth: int | None = None, target_depth: int | None = None,
-              weights_dir=None, device=None) -> Pair:
+              weights_dir=None, device=None, folder=None) -> Pair:
     """A draft/target Pair.
 
-    name 'tiny': the embedded pair (assets/tiny), class names from data.CLASS_NAMES.
+    name 'tiny': the embedded pair (assets/tiny, or `folder`), class names from data.CLASS_NAMES.
     name 'official' (or draft_depth/target_depth given): official VAR-d{draft_depth} (default 16) and
     VAR-d{target_depth} (default 30) sharing the official VQ-VAE; class_names None (ImageNet ids).
     device: CUDA when available unless given.
@@ -366,4 +371,4 @@ def load_pair(name: str = "tiny", *, draft_depth: int | None = None, target_dept
     if name == "official" or draft_depth is not None or target_depth is not None:
         return _official_pair(draft_depth or DEFAULT_DRAFT_DEPTH, target_depth or DEFAULT_TARGET_DEPTH,
                               weights_dir, device)
-    return _tiny_pair(device)
+    return _tiny_pair(device, folder or TINY_DIR)

@@ -28,3 +28,51 @@ def build_random_pair(name: str = "random-test") -> Pair:
 @pytest.fixture(scope="session")
 def random_pair() -> Pair:
     return build_random_pair()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The precomputed example the test server shows on page load: a schedule run (draft scales 1–4, sd_mask 1).
+EXAMPLE_INPUTS = dict(class_name="star", seed=5, mode="schedule", entry_num=4, sd_mask=1)
+EXAMPLE_TITLE = "test example: schedule entry_num 4, sd_mask 1"
+
+
+@pytest.fixture(scope="session")
+def examples_dir(tmp_path_factory, random_pair):
+    """A folder with one precomputed bundle made by the app's own run_click on the random pair."""
+    import app
+
+    folder = tmp_path_factory.mktemp("examples")
+    i = {**app.DEFAULT_INPUTS, **EXAMPLE_INPUTS}
+    runs = app.run_click(random_pair, i["mode"], app.class_index(random_pair, i["class_name"], None), i["seed"],
+                         app.click_settings(i))
+    app.save_bundle(folder / "01-test.npz", runs, i, EXAMPLE_TITLE)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pair_loader(random_pair):
+    """The random pair for 'tiny'; official pairs fail like missing weights do."""
+    def load(key):
+        if key == "tiny":
+            return random_pair
+        raise ValueError(f"official weights not found for {key} (test loader)")
+    return load
+
+
+@pytest.fixture(scope="session")
+def app_server(pair_loader, examples_dir):
+    """The app with the random pair, served on a free port: yields its URL."""
+    import app
+
+    demo = app.build_demo(pair_loader=pair_loader, examples_dir=examples_dir)
+    port = free_port()
+    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

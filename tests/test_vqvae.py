@@ -11,15 +11,27 @@ from sdvar_core.vqvae import VQVAE, load_vqvae, save_vqvae
 # 32 px, latent 16 with the official 10 scales; attention on so that path runs too.
 MICRO = VQVAEConfig(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, use_attn=True,
                     image_size=32)
+# 16 px and 4 scales, for the training test only.
+TRAIN_MICRO = VQVAEConfig(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, use_attn=True,
+                          image_size=16, patch_nums=(1, 2, 4, 8))
 SHIPPED = Path(__file__).resolve().parents[1] / "assets" / "tiny" / "vqvae"
 
 
 def smooth_images(n, size, seed=0):
-    """(n,3,size,size) in [0,1]: per image, a random colour plus random linear ramps in x and y."""
+    """(n,3,size,size) in [0.05,0.95]: per image and channel, random linear ramps in x and y around 0.5."""
     g = torch.Generator().manual_seed(seed)
     t = torch.linspace(-1, 1, size)
-    base, ax, ay = (torch.rand(n, 3, 1, 1, generator=g) for _ in range(3))
-    return (0.25 + 0.5 * base + 0.25 * (ax - 0.5) * t.view(1, 1, 1, -1) + 0.25 * (ay - 0.5) * t.view(1, 1, -1, 1))
+    ax, ay = (torch.rand(n, 3, 1, 1, generator=g) * 2 - 1 for _ in range(2))
+    return 0.5 + 0.225 * (ax * t.view(1, 1, 1, -1) + ay * t.view(1, 1, -1, 1))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops run far faster on one thread when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +146,14 @@ def test_bad_inputs_raise(micro, tokens):
         VQVAE(VQVAEConfig(quant_resi=0.0))
 
 
-def test_training_learns_and_restarts_codes():
+def test_training_learns_and_restarts_codes(one_thread):
     torch.manual_seed(0)
-    m = VQVAE(MICRO)
+    m = VQVAE(TRAIN_MICRO)
     m.quantize.restart_every = 10
     before = m.quantize.embedding.weight.detach().clone()
-    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    for step in range(40):
-        recon, losses = m(smooth_images(8, 32, seed=step))
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    for step in range(60):
+        recon, losses = m(smooth_images(8, 16, seed=step))
         opt.zero_grad()
         losses["loss"].backward()
         if step == 0:  # straight-through: recon loss reaches the encoder; vq loss reaches the codebook and phi
@@ -149,18 +161,17 @@ def test_training_learns_and_restarts_codes():
             assert m.quantize.embedding.weight.grad.abs().sum() > 0
             assert m.quantize.quant_resi.qresi_ls[3].weight.grad.abs().sum() > 0
         opt.step()
-    assert recon.shape == (8, 3, 32, 32) and set(losses) == {"loss", "recon", "vq", "usage"}
+    assert recon.shape == (8, 3, 16, 16) and set(losses) == {"loss", "recon", "vq", "usage"}
     assert m.quantize.ema_vocab_hit_SV.sum() > 0
     moved = (m.quantize.embedding.weight - before).norm(dim=1) > 1e-2
     assert moved.float().mean() > 0.9  # restarts put (nearly) every code near the data
     m.eval()
-    x = smooth_images(16, 32, seed=999)
+    x = smooth_images(32, 16, seed=999)
     with torch.no_grad():
-        err = (m.tokens_to_image(m.image_to_tokens(x)) - x).pow(2).mean()
+        y = m.tokens_to_image(m.image_to_tokens(x))
         recon_eval, _ = m(x)
-    const = (x - 0.5).pow(2).mean()
-    assert err < 0.5 * const
-    assert torch.allclose(recon_eval, m.tokens_to_image(m.image_to_tokens(x)), atol=1e-5)
+    assert (y - x).pow(2).mean() < 0.7 * (x - 0.5).pow(2).mean()  # beats the constant grey image
+    assert torch.allclose(recon_eval, y, atol=1e-5)
 
 
 def test_save_load_roundtrip(tmp_path, micro, tokens):
@@ -175,7 +186,7 @@ def test_save_load_roundtrip(tmp_path, micro, tokens):
         load_vqvae(tmp_path / "missing")
 
 
-def test_train_cli_resume(tmp_path):
+def test_train_cli_resume(tmp_path, one_thread):
     from sdvar_core.train import main
 
     out = tmp_path / "vq"

@@ -1,0 +1,130 @@
+"""End to end in headless Chromium: load the page, generate, scrub, open every tab; screenshots in tests/artifacts/."""
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLE_TITLE
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(app_server)
+        page.requests = requests
+        yield page
+        browser.close()
+
+
+def plot_title(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} .js-plotly-plot .gtitle").first.text_content() or ""
+
+
+def test_walkthrough(page, app_server):
+    from playwright.sync_api import expect
+
+    # page load shows the precomputed run
+    expect(page.locator("#showing")).to_contain_text(EXAMPLE_TITLE)
+    expect(page.locator("#final-image img")).to_be_visible()
+    page.locator("#token-grid .js-plotly-plot .main-svg").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "01-loaded.png"), full_page=True)
+
+    # the example also set the inputs it was made with
+    expect(page.locator("#seed input")).to_have_value("5")
+    # a speculative generation with a seed unique to this test
+    page.locator("#mode").get_by_text("speculative (draft proposes, target verifies)").click()
+    seed = page.locator("#seed input")
+    seed.fill("11")
+    page.locator("#generate").click()
+    expect(page.locator("#showing")).to_contain_text("seed 11", timeout=90_000)
+    expect(page.locator("#showing")).to_contain_text("speculative")
+    expect(page.locator("#final-image img")).to_have_attribute("src", re.compile(r"image\.png"))
+    assert int(page.locator("#target-calls input").input_value()) >= 1
+    expect(page.locator("#speedup textarea, #speedup input").first).to_have_value(re.compile(r"^\d+\.\d\d×$"))
+    expect(page.locator("#summary")).to_contain_text("seed 11")
+    page.locator("#timeline .js-plotly-plot .main-svg").first.wait_for()
+    assert page.locator("#timeline .js-plotly-plot .bars .point").count() >= 10   # one bar per call, plus target only
+    assert page.locator("#token-grid .js-plotly-plot .hm").count() >= 1 or \
+        page.locator("#token-grid .js-plotly-plot image").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "02-generated.png"), full_page=True)
+
+    # scrub to scale 3
+    number = page.get_by_label("number input for Scale (scrub through the generation)")
+    number.fill("3")
+    number.press("Enter")
+    expect(page.locator("#scale-summary")).to_contain_text("Scale 3 · 3×3")
+    expect(page.locator("#token-grid .gtitle, #token-grid .annotation-text").first).to_be_attached()
+    assert "3 · 3×3" in page.locator("#token-grid").inner_text()
+    page.locator("#token-grid").screenshot(path=str(ARTIFACTS / "03-scale3.png"))
+    # play steps through every scale and ends on the last one
+    page.locator("#play").click()
+    expect(page.locator("#scale-summary")).to_contain_text("Scale 10 · 16×16", timeout=30_000)
+
+    # masks tab
+    page.get_by_role("tab", name="Masks").click()
+    page.locator("#mask-heatmap .js-plotly-plot .main-svg").first.wait_for()
+    expect(page.locator("#mask-heatmap")).to_contain_text("sd_mask 1")
+    page.locator("#mask-rule").get_by_text("4 · block, including current").click()
+    expect(page.locator("#mask-heatmap")).to_contain_text("sd_mask 4")
+    expect(page.locator("#mask-counts")).to_contain_text("all")
+    page.locator("#keys-plot .js-plotly-plot .main-svg").first.wait_for()
+    expect(page.locator("#keys-plot")).to_contain_text("under rule 4")
+    page.locator("#pick-scale").get_by_label("number input for query scale").fill("3")
+    page.locator("#pick-scale").get_by_label("number input for query scale").press("Enter")
+    expect(page.locator("#keys-plot")).to_contain_text("Token (scale 3, row 2, col 2)")   # clamped to 3×3
+    page.screenshot(path=str(ARTIFACTS / "04-masks.png"), full_page=True)
+
+    # shapes tab: the speculative run's target verify call fed scales 1–2 (1 + 4 = 5 positions)
+    page.get_by_role("tab", name="Shapes").click()
+    table = page.locator("#shape-table")
+    expect(table).to_contain_text("cfg_logits")
+    expect(table).to_contain_text("(2, 5, 64)")
+    page.screenshot(path=str(ARTIFACTS / "05-shapes.png"), full_page=True)
+
+    # compare tab: a small sweep
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#sweep-seeds textarea, #sweep-seeds input").first.fill("0")
+    for box in ("2", "6", "8"):
+        page.locator("#sweep-entries").get_by_label(box, exact=True).uncheck()
+    page.locator("#sweep-masks").get_by_label("1", exact=True).uncheck()
+    page.locator("#sweep-run").click()
+    expect(page.locator("#sweep-status")).to_contain_text("3 of 3 runs done", timeout=120_000)
+    page.locator("#sweep-plot .js-plotly-plot .main-svg").first.wait_for()
+    expect(page.locator("#sweep-table")).to_contain_text("D→T, sd_mask 3")
+    page.screenshot(path=str(ARTIFACTS / "06-compare.png"), full_page=True)
+
+    # only the app's own server was contacted
+    hosts = {re.match(r"^[a-z]+://([^/]+)", u).group(1) for u in page.requests if "://" in u and not u.startswith("data:")}
+    assert hosts <= {app_server.split("/")[2]}, hosts
+
+
+def test_bad_input_shows_error(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Generate & inspect").click()
+    page.locator("#mode").get_by_text("schedule (hand-off at entry_num)").click()
+    page.get_by_text("Advanced settings").click()
+    page.locator("#gen-schedule textarea, #gen-schedule input").first.fill("DDX")
+    page.locator("#generate").click()
+    expect(page.get_by_text(re.compile("schedule must be 10 letters")).first).to_be_visible(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "07-error.png"), full_page=True)
+    # the server is still alive: a valid schedule works afterwards
+    page.locator("#gen-schedule textarea, #gen-schedule input").first.fill("DDDTTTTTTT")
+    page.locator("#generate").click()
+    expect(page.locator("#showing")).to_contain_text("schedule", timeout=90_000)
