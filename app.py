@@ -13,14 +13,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse
 import functools
-import io
-import json
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -29,8 +26,9 @@ import gradio as gr
 from sdvar_core import masks, viz
 from sdvar_core.config import TINY_VQVAE, ScaleLayout, VARConfig
 from sdvar_core.data import CLASS_NAMES
-from sdvar_core.engine import Pair, generate
-from sdvar_core.trace import Trace
+from sdvar_core.engine import Pair
+from sdvar_core.explore import (DIRECTIONS, config_label, list_bundles, load_bundle, load_quality_classifier,
+                                parse_seeds, run_click, run_config, sweep_configs, sweep_row)
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
     import spaces
@@ -42,7 +40,6 @@ except ImportError:
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
-CLASSIFIER_STEM = ROOT / "assets" / "classifier"
 
 MODELS = {"tiny": "Embedded toy pair (64 px, 10 shapes) — CPU, offline",
           "d16-d20": "VAR d16 → d20 (ImageNet 256 px)",
@@ -52,9 +49,6 @@ OFFICIAL_DEPTHS = {"d16-d20": (16, 20), "d16-d24": (16, 24), "d16-d30": (16, 30)
 MODES = [("speculative (draft proposes, target verifies)", "speculative"),
          ("schedule (hand-off at entry_num)", "schedule"),
          ("target only", "target"), ("draft only", "draft")]
-DIRECTIONS = {"D→T": "draft first, then target: 'D'·e + 'T'·(10−e)",
-              "T→D": "target first, then draft: 'T'·e + 'D'·(10−e)"}
-MAX_SWEEP_CONFIGS, MAX_SWEEP_SEEDS = 64, 8
 SWEEP_COLUMNS = ["config", "images", "target_calls", "draft_calls", "wall_s", "speedup", "token_agreement",
                  "pixel_psnr_db", "class_accuracy"]   # shown in the app; the CSV has every column
 # The Generate tab's inputs after the model, with their defaults, in the order of the /generate endpoint's
@@ -174,176 +168,6 @@ def click_settings(inputs: dict) -> dict:
         else:
             s["entry_num"] = int(v["entry_num"])
     return s
-
-
-def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, on_progress=None) -> dict:
-    """The runs behind one click: the chosen mode, then target only and draft only with the same seed.
-
-    The chosen run decodes its picture after every scale; the comparisons decode only the final picture.
-    A comparison equal to the chosen mode reuses that run. Returns {"main", "target", "draft": Trace}.
-    """
-    if seed is None or isinstance(seed, float) and not seed.is_integer():
-        raise ValueError(f"seed must be an integer, got {seed}")
-    seed = int(seed)
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in 0..2^63-1, got {seed}")
-    jobs = [("main", mode, settings, True)] + [(m, m, settings, False) for m in ("target", "draft") if m != mode]
-    K = pair.layout.num_scales
-    runs = {}
-    for i, (key, m, s, progressive) in enumerate(jobs):
-        def on_scale(done, total, i=i, m=m):
-            if on_progress is not None:
-                on_progress(i * K + done, len(jobs) * K, f"{m}: scale {done}/{total}")
-        runs[key] = generate(pair, m, [class_id], seed=seed, on_scale=on_scale, progressive=progressive, **s).trace
-    runs.setdefault("target", runs["main"])
-    runs.setdefault("draft", runs["main"])
-    return runs
-
-
-def sweep_configs(kind: str, entry_nums, directions, sd_masks, gammas, taus, num_scales: int = 10) -> list[dict]:
-    """The runs of a sweep: target-only and draft-only baselines first, then one entry per setting."""
-    configs = [dict(kind="baseline", series="target only", mode="target"),
-               dict(kind="baseline", series="draft only", mode="draft")]
-    if kind == "schedule":
-        if not entry_nums or not directions or not sd_masks:
-            raise ValueError("a schedule sweep needs at least one entry_num, one direction and one sd_mask")
-        for d in directions:
-            if d not in DIRECTIONS:
-                raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {d!r}")
-            first, second = ("D", "T") if d == "D→T" else ("T", "D")
-            for m in sd_masks:
-                for e in sorted(int(e) for e in entry_nums):
-                    if not 0 <= e <= num_scales:
-                        raise ValueError(f"entry_num must be in 0..{num_scales}, got {e}")
-                    schedule = first * e + second * (num_scales - e)
-                    if len(set(schedule)) == 1:   # no hand-off: that is a baseline
-                        continue
-                    configs.append(dict(kind="schedule", series=f"{d}, sd_mask {int(m)}", mode="schedule",
-                                        schedule=schedule, sd_mask=int(m), entry_num=e, direction=d))
-    elif kind == "speculative":
-        if not gammas or not taus:
-            raise ValueError("a speculative sweep needs at least one γ and one τ")
-        for t in sorted((float(t) for t in taus), reverse=True):
-            for g in sorted(int(g) for g in gammas):
-                configs.append(dict(kind="speculative", series=f"τ = {t:g}", mode="speculative", gamma=g, tau=t))
-    else:
-        raise ValueError(f"sweep kind must be 'schedule' or 'speculative', got {kind!r}")
-    if len(configs) == 2:
-        raise ValueError("every chosen schedule equals a baseline (entry_num 0 or 10); pick entry_num in 1..9")
-    if len(configs) > MAX_SWEEP_CONFIGS:
-        raise ValueError(f"{len(configs)} runs per seed is too many for one sweep (at most {MAX_SWEEP_CONFIGS})")
-    return configs
-
-
-def config_label(config: dict) -> str:
-    """A sweep entry in words: 'target only', 'D→T, sd_mask 1, entry_num 4', 'τ = 1, γ = 2'."""
-    if config["kind"] == "schedule":
-        return f"{config['series']}, entry_num {config['entry_num']} ({config['schedule']})"
-    if config["kind"] == "speculative":
-        return f"{config['series']}, γ = {config['gamma']}"
-    return config["series"]
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0, 1, 5' or '0-3' → [0, 1, 5] / [0, 1, 2, 3]."""
-    seeds = []
-    for part in str(text).replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            lo, _, hi = part.partition("-") if "-" in part[1:] else (part, "", part)
-            lo, hi = int(lo), int(hi)
-        except ValueError:
-            raise ValueError(f"seeds must be integers like '0, 1, 2' or '0-3', got {part!r}") from None
-        if hi - lo >= MAX_SWEEP_SEEDS:
-            raise ValueError(f"at most {MAX_SWEEP_SEEDS} seeds per sweep, got the range {part}")
-        seeds += range(lo, hi + 1)
-    if not seeds:
-        raise ValueError("give at least one seed, e.g. '0, 1'")
-    if min(seeds) < 0:
-        raise ValueError("seeds must be >= 0")
-    if len(seeds) > MAX_SWEEP_SEEDS:
-        raise ValueError(f"at most {MAX_SWEEP_SEEDS} seeds per sweep, got {len(seeds)}")
-    return list(dict.fromkeys(seeds))
-
-
-def run_config(pair: Pair, config: dict, seeds: list[int], class_ids: list[int], base: dict) -> list[Trace]:
-    """One sweep entry: a batch of `class_ids` for every seed (final pictures only)."""
-    s = {**base, **{k: config[k] for k in ("schedule", "sd_mask", "gamma", "tau") if k in config}}
-    return [generate(pair, config["mode"], class_ids, seed=seed, progressive=False, **s).trace for seed in seeds]
-
-
-def sweep_row(config: dict, traces: list[Trace], reference: list[Trace], class_ids, classifier) -> dict:
-    """Measured numbers of one sweep entry against the target-only runs of the same seeds."""
-    from sdvar_core.metrics import class_accuracy, psnr
-
-    wall = float(np.mean([t.timings["total"] for t in traces]))
-    ref_wall = float(np.mean([t.timings["total"] for t in reference]))
-    images = np.concatenate([t.images for t in traces])
-    acc = None
-    if classifier is not None:
-        acc = class_accuracy(classifier, images, np.tile(class_ids, len(traces)))
-    return {"config": config_label(config), "kind": config["kind"], "series": config["series"], "mode": config["mode"],
-            "schedule": config.get("schedule", ""), "entry_num": config.get("entry_num"),
-            "direction": config.get("direction", ""), "sd_mask": config.get("sd_mask"),
-            "gamma": config.get("gamma"), "tau": config.get("tau"), "images": len(images),
-            "target_calls": float(np.mean([t.target_calls for t in traces])),
-            "draft_calls": float(np.mean([t.draft_calls for t in traces])),
-            "wall_s": wall, "speedup": ref_wall / max(wall, 1e-9),
-            "token_agreement": float(np.mean([viz.token_agreement(t, r) for t, r in zip(traces, reference)])),
-            "pixel_psnr_db": float(np.mean([psnr(t.images, r.images) for t, r in zip(traces, reference)])),
-            "class_accuracy": acc}
-
-
-def load_quality_classifier(pair: Pair):
-    """(classifier or None, note): the embedded pair's classifier when assets/classifier is present."""
-    if list(pair.class_names or []) != list(CLASS_NAMES):
-        return None, "Class accuracy is measured for the embedded pair only (its classifier knows its 10 classes)."
-    files = [CLASSIFIER_STEM.with_name(CLASSIFIER_STEM.name + ext) for ext in (".json", ".safetensors")]
-    if not all(f.is_file() for f in files):
-        return None, "Class accuracy unavailable: the classifier (assets/classifier.*) is not in this checkout."
-    try:
-        from sdvar_core.metrics import load_classifier
-
-        clf = load_classifier(CLASSIFIER_STEM)
-    except Exception as e:  # a damaged or incompatible file must not stop the sweep
-        return None, f"Class accuracy unavailable: the classifier could not be loaded ({e})."
-    if clf.config.image_size != pair.vqvae.cfg.image_size:
-        return None, "Class accuracy unavailable: the classifier's image size differs from the pair's."
-    return clf, ""
-
-
-# ---- precomputed examples ------------------------------------------------------------------------
-
-def save_bundle(path, runs: dict, inputs: dict, title: str) -> None:
-    """One precomputed click in one .npz: the three traces (each a Trace .npz inside) and the inputs."""
-    arrays = {k: np.frombuffer(runs[k].to_bytes(), dtype=np.uint8) for k in ("main", "target", "draft")}
-    meta = {"title": title, "inputs": inputs}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
-
-
-def load_bundle(path) -> tuple[dict, dict, str]:
-    """(runs, inputs, title) of a bundle written by save_bundle."""
-    with np.load(path, allow_pickle=False) as z:
-        runs = {k: Trace.load(io.BytesIO(z[k].tobytes())) for k in ("main", "target", "draft")}
-        meta = json.loads(z["meta"].tobytes().decode())
-    return runs, meta["inputs"], meta["title"]
-
-
-def list_bundles(folder) -> list[tuple[str, str]]:
-    """[(title, path)] of the bundles in `folder`, sorted by file name; unreadable files are skipped."""
-    out = []
-    for p in sorted(Path(folder).glob("*.npz")) if folder and Path(folder).is_dir() else []:
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                out.append((json.loads(z["meta"].tobytes().decode())["title"], str(p)))
-        except (OSError, KeyError, ValueError):
-            continue
-    return out
 
 
 # ---- rendering a run into the Generate tab ------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Each example is one click of the Generate tab — the chosen mode plus the target-only and draft-only
 runs with the same seed — made with the app's own `run_click` on the embedded pair and saved with
-`app.save_bundle`. Re-run after the embedded weights change:
+`sdvar_core.explore.save_bundle`. Re-run after the embedded weights change:
 
     PYTHONPATH=. python scripts/make_examples.py [--out assets/examples] [--allow-untrained]
 """
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402
+from sdvar_core import explore, viz  # noqa: E402
 
 # (file stem, title, Generate-tab inputs); unspecified inputs take app.DEFAULT_INPUTS
 EXAMPLES = [
@@ -51,10 +52,10 @@ def main(argv=None) -> None:
         if "tiny" in bank.notes:
             title += " [untrained weights]"
         t = time.perf_counter()
-        runs = app.run_click(pair, inputs["mode"], app.class_index(pair, inputs["class_name"], None),
+        runs = explore.run_click(pair, inputs["mode"], app.class_index(pair, inputs["class_name"], None),
                              inputs["seed"], app.click_settings(inputs))
-        app.save_bundle(out / f"{stem}.npz", runs, inputs, title)
-        h = app.viz.headline(runs["main"], runs["target"], runs["draft"])
+        explore.save_bundle(out / f"{stem}.npz", runs, inputs, title)
+        h = viz.headline(runs["main"], runs["target"], runs["draft"])
         print(f"{stem}: {time.perf_counter() - t:.2f} s, target calls {h['target_calls']}, "
               f"draft calls {h['draft_calls']}, speed-up {h['speedup']:.2f}×, "
               f"{(out / f'{stem}.npz').stat().st_size / 1024:.0f} KiB")

@@ -30,10 +30,14 @@ Sub-commands (`python -m sdvar_core.bench <cmd> --help` lists every flag):
   gpu       floor + patterns + the embedded pair's modes table under one deadline
             (scripts/gpu_bench.sh runs it once on a lent GPU; --small shrinks it for a CPU try).
 
+On a shared 2-core CPU give small models --threads 1: two intra-op threads wait for each other
+when other processes hold the cores.
+
 Examples:
   python -m sdvar_core.bench generate --preset var-d16 --repeats 3
-  python -m sdvar_core.bench modes --pair tiny --seeds 2 --repeats 3 --out BENCHMARKS.md --section modes-cpu
-  python -m sdvar_core.bench report --images-per-class 100 --out BENCHMARKS.md --section report-cpu
+  python -m sdvar_core.bench modes --pair tiny --threads 1 --seeds 2 --repeats 5 --out BENCHMARKS.md --section modes-cpu
+  python -m sdvar_core.bench report --images-per-class 100 --max-minutes 50 --out BENCHMARKS.md --section report-cpu
+  bash scripts/gpu_bench.sh    # the device checks, once, on a lent GPU (results under $OUT)
 """
 from __future__ import annotations
 
@@ -566,7 +570,8 @@ def build_report(pair: Pair, classifier, device: torch.device, *, images_per_cla
                             "calls ≤ 5", "speed-up ≥ 1.3", "ΔFID ≤ δ", "seed's claims"], lines)
     head = (f"## Report: {pair.name} pair\n\n"
             f"- machine: {machine(device)}; {meter}\n"
-            f"- {count[TARGET_ROW]} images per row ({images_per_class} per class), generated in {done} chunks of ≤ {batch} "
+            f"- {count[TARGET_ROW]} images per row (asked: {per_row}, {images_per_class} per class; fewer when the time "
+            f"limit stopped the run), generated in {done} chunks of ≤ {batch} "
             f"(each chunk: the same class ids and seed for every row), rows interleaved and rotated per chunk; "
             f"CFG 1.5, {(settings or {}).get('precision', 'fp32')}; {time.perf_counter() - t0:.0f} s in all\n"
             f"- target calls / draft calls: mean per generate call of {batch} images (a speculative round stops at "
@@ -1116,6 +1121,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--batch", type=_positive_int, default=10, help="images per generate call (one chunk = one repeat)")
     rp.add_argument("--classifier", default="assets/classifier", help="path stem of the FID-tiny classifier")
     rp.add_argument("--n-boot", type=_positive_int, default=50, help="bootstrap resamples for δ")
+    rp.add_argument("--max-minutes", type=float, help="start no new chunk after this many minutes (the report "
+                    "then covers the chunks done)")
 
     p = sub.add_parser("profile", help="cProfile of one row")
     p.add_argument("--pair", default="tiny", help="tiny or random")
@@ -1153,7 +1160,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        _main(args)
+        with torch.no_grad():
+            _main(args)
     except ValueError as e:
         sys.exit(f"error: {e}")
 
@@ -1163,7 +1171,6 @@ def _main(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out, section = getattr(args, "out", None), getattr(args, "section", None) or args.cmd
-    torch.set_grad_enabled(False)
     if args.cmd == "generate":
         preset(args.preset)
         warmup = args.warmup if args.warmup is not None else (1 if device.type == "cuda" else 0)
@@ -1177,14 +1184,18 @@ def _main(args) -> None:
                        settings={"precision": _precision(args, device)}), out, section)
     elif args.cmd == "report":
         from .metrics import load_classifier
+        if args.max_minutes is not None and not args.max_minutes > 0:
+            raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
         stem = Path(args.classifier)
         if not stem.with_name(stem.name + ".json").is_file():
             raise ValueError(f"classifier not found: {stem}.json / .safetensors "
                              f"(train it: python -m sdvar_core.metrics train --out {stem})")
         pair = get_pair(args.pair, device)
         clf = load_classifier(stem, device=str(device))
+        deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
         emit(build_report(pair, clf, device, images_per_class=args.images_per_class, batch=args.batch,
-                          n_boot=args.n_boot, settings={"precision": _precision(args, device)}), out, section)
+                          n_boot=args.n_boot, deadline=deadline, settings={"precision": _precision(args, device)}),
+             out, section)
     elif args.cmd == "profile":
         pair = get_pair(args.pair, device)
         rows = {r.name: r for r in table_rows("modes", pair.layout.num_scales)}

@@ -47,12 +47,13 @@ EXAMPLE_TITLE = "test example: schedule entry_num 4, sd_mask 1"
 def examples_dir(tmp_path_factory, random_pair):
     """A folder with one precomputed bundle made by the app's own run_click on the random pair."""
     import app
+    from sdvar_core import explore
 
     folder = tmp_path_factory.mktemp("examples")
     i = {**app.DEFAULT_INPUTS, **EXAMPLE_INPUTS}
-    runs = app.run_click(random_pair, i["mode"], app.class_index(random_pair, i["class_name"], None), i["seed"],
+    runs = explore.run_click(random_pair, i["mode"], app.class_index(random_pair, i["class_name"], None), i["seed"],
                          app.click_settings(i))
-    app.save_bundle(folder / "01-test.npz", runs, i, EXAMPLE_TITLE)
+    explore.save_bundle(folder / "01-test.npz", runs, i, EXAMPLE_TITLE)
     return folder
 
 

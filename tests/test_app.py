@@ -10,7 +10,7 @@ import pytest
 
 import app
 from conftest import EXAMPLE_INPUTS, EXAMPLE_TITLE, build_random_pair
-from sdvar_core import viz
+from sdvar_core import explore, viz
 from sdvar_core.trace import Trace
 
 def settings(mode="speculative", **kw):
@@ -20,7 +20,7 @@ def settings(mode="speculative", **kw):
 @pytest.fixture(scope="module")
 def click(random_pair):
     calls = []
-    runs = app.run_click(random_pair, "speculative", 4, 9, settings(), lambda *a: calls.append(a))
+    runs = explore.run_click(random_pair, "speculative", 4, 9, settings(), lambda *a: calls.append(a))
     return runs, calls
 
 
@@ -46,7 +46,7 @@ def test_run_click_runs_three_modes_with_one_seed(click, random_pair):
     assert calls[-1][:2] == (30, 30) and [c[0] for c in calls] == sorted(c[0] for c in calls)
     assert calls[0][2] == "speculative: scale 1/10"
     # the same seed reproduces the same target-only run
-    again = app.run_click(random_pair, "target", 4, 9, settings())
+    again = explore.run_click(random_pair, "target", 4, 9, settings())
     assert again["target"] is again["main"] and again["draft"] is not again["main"]
     assert all(np.array_equal(a.tokens, b.tokens) for a, b in zip(again["main"].scales, runs["target"].scales))
 
@@ -55,13 +55,13 @@ def test_run_click_runs_three_modes_with_one_seed(click, random_pair):
                                       (dict(top_p=0.0), "top_p")])
 def test_run_click_bad_settings_raise_value_error(random_pair, kw, match):
     with pytest.raises(ValueError, match=match):
-        app.run_click(random_pair, "speculative", 0, 0, settings(**kw))
+        explore.run_click(random_pair, "speculative", 0, 0, settings(**kw))
 
 
 @pytest.mark.parametrize("seed", [-1, 2.5, None])
 def test_run_click_bad_seed(random_pair, seed):
     with pytest.raises(ValueError, match="seed"):
-        app.run_click(random_pair, "target", 0, seed, settings())
+        explore.run_click(random_pair, "target", 0, seed, settings())
 
 
 def test_class_index(random_pair):
@@ -111,53 +111,53 @@ def test_shapes_view_filters(click):
 
 def test_bundle_round_trip(tmp_path, click):
     runs, _ = click
-    app.save_bundle(tmp_path / "a.npz", runs, {"seed": 9, "mode": "speculative"}, "my example")
+    explore.save_bundle(tmp_path / "a.npz", runs, {"seed": 9, "mode": "speculative"}, "my example")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    assert app.list_bundles(tmp_path) == [("my example", str(tmp_path / "a.npz"))]
-    loaded, inputs, title = app.load_bundle(tmp_path / "a.npz")
+    assert explore.list_bundles(tmp_path) == [("my example", str(tmp_path / "a.npz"))]
+    loaded, inputs, title = explore.load_bundle(tmp_path / "a.npz")
     assert title == "my example" and inputs == {"seed": 9, "mode": "speculative"}
     for k in ("main", "target", "draft"):
         assert isinstance(loaded[k], Trace)
         assert len(loaded[k].calls) == len(runs[k].calls)
         assert np.array_equal(loaded[k].images, runs[k].images)
-    assert app.list_bundles(tmp_path / "missing") == []
+    assert explore.list_bundles(tmp_path / "missing") == []
 
 
 def test_sweep_configs():
-    cfgs = app.sweep_configs("schedule", ["0", "4", "10"], ["D→T", "T→D"], ["1", "3"], [], [])
+    cfgs = explore.sweep_configs("schedule", ["0", "4", "10"], ["D→T", "T→D"], ["1", "3"], [], [])
     assert [c["series"] for c in cfgs[:2]] == ["target only", "draft only"]
     scheds = [c["schedule"] for c in cfgs[2:]]
     assert scheds == ["DDDDTTTTTT", "DDDDTTTTTT", "TTTTDDDDDD", "TTTTDDDDDD"]   # 0 and 10 are baselines
     assert [c["sd_mask"] for c in cfgs[2:]] == [1, 3, 1, 3]
-    spec = app.sweep_configs("speculative", [], [], [], ["2", "1"], ["0.8", "1.0"])
+    spec = explore.sweep_configs("speculative", [], [], [], ["2", "1"], ["0.8", "1.0"])
     assert [(c["gamma"], c["tau"]) for c in spec[2:]] == [(1, 1.0), (2, 1.0), (1, 0.8), (2, 0.8)]
     with pytest.raises(ValueError, match="at least one"):
-        app.sweep_configs("schedule", [], ["D→T"], ["1"], [], [])
+        explore.sweep_configs("schedule", [], ["D→T"], ["1"], [], [])
     with pytest.raises(ValueError, match="baseline"):
-        app.sweep_configs("schedule", ["10"], ["D→T"], ["1"], [], [])
+        explore.sweep_configs("schedule", ["10"], ["D→T"], ["1"], [], [])
     with pytest.raises(ValueError, match="too many"):
-        app.sweep_configs("speculative", [], [], [], [str(g) for g in range(1, 11)], [str(t / 10) for t in range(1, 11)])
+        explore.sweep_configs("speculative", [], [], [], [str(g) for g in range(1, 11)], [str(t / 10) for t in range(1, 11)])
     with pytest.raises(ValueError, match="kind"):
-        app.sweep_configs("other", [], [], [], [], [])
+        explore.sweep_configs("other", [], [], [], [], [])
 
 
 def test_parse_seeds():
-    assert app.parse_seeds("0, 1,5") == [0, 1, 5]
-    assert app.parse_seeds("2-4; 7") == [2, 3, 4, 7]
+    assert explore.parse_seeds("0, 1,5") == [0, 1, 5]
+    assert explore.parse_seeds("2-4; 7") == [2, 3, 4, 7]
     for bad, match in (("", "at least one"), ("a", "integers"), ("0-20", "at most"), ("-3", "integers|>= 0")):
         with pytest.raises(ValueError, match=match):
-            app.parse_seeds(bad)
+            explore.parse_seeds(bad)
 
 
 def test_run_config_and_sweep_row(random_pair):
     base = dict(cfg=1.5, top_k=0, top_p=1.0, accept="prob", lenience=1.0)
-    cfgs = app.sweep_configs("schedule", ["4"], ["D→T"], ["3"], [], [])
-    ref = app.run_config(random_pair, cfgs[0], [0, 1], [0, 1, 2], base)
+    cfgs = explore.sweep_configs("schedule", ["4"], ["D→T"], ["3"], [], [])
+    ref = explore.run_config(random_pair, cfgs[0], [0, 1], [0, 1, 2], base)
     assert len(ref) == 2 and ref[0].images.shape[0] == 3
-    row = app.sweep_row(cfgs[0], ref, ref, [0, 1, 2], None)
+    row = explore.sweep_row(cfgs[0], ref, ref, [0, 1, 2], None)
     assert row["speedup"] == pytest.approx(1.0) and row["token_agreement"] == 1.0 and row["images"] == 6
-    sched = app.run_config(random_pair, cfgs[2], [0, 1], [0, 1, 2], base)
-    row = app.sweep_row(cfgs[2], sched, ref, [0, 1, 2], None)
+    sched = explore.run_config(random_pair, cfgs[2], [0, 1], [0, 1, 2], base)
+    row = explore.sweep_row(cfgs[2], sched, ref, [0, 1, 2], None)
     assert row["target_calls"] == 6 and row["draft_calls"] == 4
     assert row["token_agreement"] == pytest.approx(np.mean([viz.token_agreement(s, r) for s, r in zip(sched, ref)]))
     assert row["config"] == "D→T, sd_mask 3, entry_num 4 (DDDDTTTTTT)"

@@ -141,6 +141,14 @@ def test_mode_table_ratios_are_against_target_only_of_the_same_run(random_pair):
     assert _cell(bench.modes_table(results), "draft only", 3) == "10.0"       # draft calls
 
 
+def test_measure_stops_at_the_deadline_after_whole_repeats(random_pair):
+    rows = [r for r in bench.table_rows("modes") if r.name in (bench.TARGET_ROW, "draft only")]
+    logs = []
+    results = bench.measure(random_pair, rows, bench.modes_plan(10, 1, 1, 4), deadline=0.0, log=logs.append)
+    assert all(len(res.walls) == 1 for res in results.values())   # the first repeat always runs
+    assert any("1 of 4 repeats" in line for line in logs)
+
+
 def test_modes_rows_cover_the_brief():
     names = [r.name for r in bench.table_rows("modes")]
     for e in range(11):
@@ -207,6 +215,7 @@ def test_cli_rejects_bad_arguments(argv, message, capsys):
     (["modes", "--pair", "nope", "--device", "cpu"], "--pair must be"),
     (["report", "--pair", "random", "--classifier", "no/such/stem", "--device", "cpu"], "classifier not found"),
     (["profile", "--pair", "random", "--row", "nope", "--device", "cpu"], "unknown row"),
+    (["report", "--pair", "random", "--max-minutes", "0", "--device", "cpu"], "--max-minutes must be > 0"),
 ])
 def test_cli_clear_errors(argv, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
