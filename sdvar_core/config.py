@@ -74,8 +74,23 @@ class ScaleLayout:
         return min(range(num_phi), key=lambda j: abs(ticks[j] - r))
 
 
+class _ModelConfig:
+    """Shared by the model configs: the scale layout and a JSON-friendly round trip."""
+
+    @property
+    def layout(self) -> ScaleLayout:
+        return ScaleLayout(self.patch_nums)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+
 @dataclass(frozen=True)
-class VQVAEConfig:
+class VQVAEConfig(_ModelConfig):
     """Multi-scale residual VQ-VAE. Official: ch=160, ch_mult=(1,1,2,2,4), V=4096, Cvae=32, 256 px."""
 
     vocab_size: int = 4096
@@ -105,20 +120,9 @@ class VQVAEConfig:
     def latent_size(self) -> int:
         return self.image_size // 2 ** (len(self.ch_mult) - 1)
 
-    @property
-    def layout(self) -> ScaleLayout:
-        return ScaleLayout(self.patch_nums)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VQVAEConfig":
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-
 
 @dataclass(frozen=True)
-class VARConfig:
+class VARConfig(_ModelConfig):
     """VAR transformer size. Official rule: width = 64*depth, heads = depth, head_dim 64."""
 
     depth: int = 16
@@ -146,17 +150,6 @@ class VARConfig:
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
-
-    @property
-    def layout(self) -> ScaleLayout:
-        return ScaleLayout(self.patch_nums)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VARConfig":
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 def official_var_config(depth: int, **overrides) -> VARConfig:
