@@ -718,6 +718,7 @@ def replay(calls: list[Call], models: dict[str, VAR], batch: int, autocast, devi
     caches = {n: m.new_cache() for n, m in models.items()}
     ids = torch.arange(batch, device=device) % any_model.cfg.num_classes
     conds = {n: m.condition(ids) for n, m in models.items()}
+    mods = {n: m.modulations(conds[n]) for n, m in models.items()}   # once per run, as the engine does
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = []
     for c in calls:
@@ -739,7 +740,7 @@ def replay(calls: list[Call], models: dict[str, VAR], batch: int, autocast, devi
         t = time.perf_counter()
         with autocast():
             x = m.embed_window(conds[c.model], first, latents)
-            m.forward_window(x, conds[c.model], cache, mask)
+            m.forward_window(x, conds[c.model], cache, mask, mods[c.model])
         sync()
         out.append(time.perf_counter() - t)
     return out

@@ -180,6 +180,7 @@ class Runner:
         self.name, self.model, self.canvas, self.rec, self.autocast = name, model, canvas, rec, autocast
         self.layout = model.cfg.layout
         self.cond = model.condition(class_ids)       # (2B, C)
+        self.mods = model.modulations(self.cond)     # AdaLN modulations: constant over the run
         self.cache = model.new_cache()
         self.next_scale = 0   # first scale whose inputs are not in the cache
         self.cache_from = 0   # first cached scale (> 0 only after an sd_mask 0 hand-off)
@@ -212,7 +213,7 @@ class Runner:
         t_start = self.rec.now()
         with self.autocast():
             x = self.model.embed_window(self.cond, first, latents)
-            logits = self.model.forward_window(x, self.cond, self.cache, mask)
+            logits = self.model.forward_window(x, self.cond, self.cache, mask, self.mods)
         t_end = self.rec.now()
         self.rec.calls.append(ModelCall(self.name, kind, list(range(first, k + 1)), x.shape[1], kv_before,
                                         len(self.cache), rule if kind == "prefill" or mask is not None else None,

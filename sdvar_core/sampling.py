@@ -77,18 +77,19 @@ def accept_tokens(rule: str, p: torch.Tensor, q: torch.Tensor, draft: torch.Tens
     p, q (B, n, V): target and draft distributions actually sampled from; draft (B, n).
     rule 'prob': accept with probability min(1, λ·p(x)/q(x)) (λ = lenience; λ = 1 is lossless);
     rule 'top1': accept iff the draft token is the target's argmax (the seed's rule).
-    Returns (accepted bool (B, n), replacement tokens (B, n)): replacements are drawn from
-    normalize(max(0, p − q)) for 'prob' (the exact correction) and from p for 'top1'.
-    Generator use depends only on shapes: one uniform per token, one draw per token.
+    Returns (accepted bool (B, n), tokens (B, n)): the draft token where accepted, else a
+    replacement drawn from normalize(max(0, p − q)) for 'prob' (the exact correction) or from p
+    for 'top1'. Generator use: one uniform per token ('prob'), one draw per rejected token.
     """
     if rule == "prob":
         u = torch.rand(draft.shape, generator=generator, device=p.device)
-        px, qx = gather(p, draft), gather(q, draft)
-        accepted = u * qx < lenience * px
-        replacement = sample(residual(p, q), generator)
+        accepted = u * gather(q, draft) < lenience * gather(p, draft)
     elif rule == "top1":
         accepted = draft == p.argmax(-1)
-        replacement = sample(p, generator)
     else:
         raise ValueError(f"acceptance rule must be 'prob' or 'top1', got {rule!r}")
-    return accepted, replacement
+    tokens, rejected = draft.clone(), ~accepted
+    if rejected.any():
+        dist = residual(p[rejected], q[rejected]) if rule == "prob" else p[rejected]
+        tokens[rejected] = torch.multinomial(dist, 1, generator=generator).squeeze(-1)
+    return accepted, tokens

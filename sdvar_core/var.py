@@ -111,12 +111,14 @@ class AdaLNBlock(nn.Module):
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
-    def forward(self, x, cond, attn_mask=None, cache=None, layer=0):
-        """x (N, Lq, C); cond (N, C), or (N, 1, 6, C) when AdaLN is shared."""
+    def modulation(self, cond):
+        """cond (N, C), or (N, 1, 6, C) when AdaLN is shared → (N, 1, 6, C): gammas, scales, shifts."""
         if self.shared_aln:
-            mods = self.ada_gss + cond
-        else:
-            mods = self.ada_lin(cond).view(-1, 1, 6, x.shape[-1])
+            return self.ada_gss + cond
+        return self.ada_lin(cond).view(cond.shape[0], 1, 6, -1)
+
+    def forward(self, x, mods, attn_mask=None, cache=None, layer=0):
+        """x (N, Lq, C); mods (N, 1, 6, C) from `modulation`."""
         g1, g2, s1, s2, b1, b2 = mods.unbind(2)
         x = x + g1 * self.attn(self.ln(x) * (1 + s1) + b1, attn_mask, cache, layer)
         return x + g2 * self.ffn(self.ln(x) * (1 + s2) + b2)
@@ -129,8 +131,12 @@ class AdaLNHead(nn.Module):
         self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
 
-    def forward(self, x, cond):
-        scale, shift = self.ada_lin(cond).view(-1, 1, 2, x.shape[-1]).unbind(2)
+    def modulation(self, cond):
+        """cond (N, C) → (N, 1, 2, C): scale, shift."""
+        return self.ada_lin(cond).view(cond.shape[0], 1, 2, -1)
+
+    def forward(self, x, mods):
+        scale, shift = mods.unbind(2)
         return self.ln(x) * (1 + scale) + shift
 
 
@@ -193,19 +199,28 @@ class VAR(nn.Module):
         return x + pos
 
     # ---- transformer -------------------------------------------------------------------
-    def forward_window(self, x: torch.Tensor, cond: torch.Tensor, cache: KVCache | None = None,
-                       attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the blocks and head on x (N, Lq, C) on top of `cache` → logits (N, Lq, V), fp32.
+    def modulations(self, cond: torch.Tensor) -> list[torch.Tensor]:
+        """AdaLN modulations of every block, (N, 1, 6, C) each, then the head's (N, 1, 2, C).
 
-        attn_mask: None (every query sees every cached and new key) or (Lq, len(cache)+Lq),
-        bool (True = may attend) or float additive bias.
+        They depend on the class only, so a run computes them once (for VAR-d16 the ada_lin
+        weights are a third of the model, read again in every call otherwise).
         """
         block_cond = cond
         if self.cfg.shared_aln:
             block_cond = self.shared_ada_lin(cond).view(-1, 1, 6, self.cfg.width)
+        return [block.modulation(block_cond) for block in self.blocks] + [self.head_nm.modulation(cond.float())]
+
+    def forward_window(self, x: torch.Tensor, cond: torch.Tensor, cache: KVCache | None = None,
+                       attn_mask: torch.Tensor | None = None, mods: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Run the blocks and head on x (N, Lq, C) on top of `cache` → logits (N, Lq, V), fp32.
+
+        attn_mask: None (every query sees every cached and new key) or (Lq, len(cache)+Lq),
+        bool (True = may attend) or float additive bias. mods: `modulations(cond)`, if already computed.
+        """
+        mods = self.modulations(cond) if mods is None else mods
         for i, block in enumerate(self.blocks):
-            x = block(x, block_cond, attn_mask, cache, i)
-        return self.head(self.head_nm(x.float(), cond.float())).float()
+            x = block(x, mods[i], attn_mask, cache, i)
+        return self.head(self.head_nm(x.float(), mods[-1].float())).float()
 
     def forward(self, class_ids: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Teacher-forced training forward (class dropout while training).
