@@ -149,7 +149,8 @@ def write_section(path, key: str, text: str) -> None:
     old = path.read_text() if path.is_file() else ""
     if begin in old and end in old:
         head, rest = old.split(begin, 1)
-        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        new = head + block + ("\n" + tail if tail else "")
     else:
         new = old + ("\n" if old and not old.endswith("\n\n") else "") + block
     path.write_text(new)
