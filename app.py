@@ -55,7 +55,7 @@ SWEEP_COLUMNS = ["config", "images", "target_calls", "draft_calls", "wall_s", "s
 # parameters; precomputed examples store them under these names.
 DEFAULT_INPUTS = dict(class_name=CLASS_NAMES[8], class_id=207, seed=0, mode="speculative", cfg=1.5, top_k=0,
                       top_p=1.0, entry_num=4, schedule="", sd_mask=3, gamma=2, accept="prob", tau=1.0, lenience=1.0,
-                      adaptive_gamma=False, keep_draft_rejected=False, precision="fp32")
+                      adaptive_gamma=False, keep_draft_rejected=False, precision="fp32", more_smooth=False)
 INPUT_KEYS = tuple(DEFAULT_INPUTS)
 
 CSS = """
@@ -160,7 +160,7 @@ def click_settings(inputs: dict) -> dict:
     s = dict(cfg=float(v["cfg"]), top_k=int(v["top_k"]), top_p=float(v["top_p"]), sd_mask=int(v["sd_mask"]),
              gamma=int(v["gamma"]), accept=str(v["accept"]), tau=float(v["tau"]), lenience=float(v["lenience"]),
              adaptive_gamma=bool(v["adaptive_gamma"]), keep_draft_rejected=bool(v["keep_draft_rejected"]),
-             precision=str(v["precision"]))
+             precision=str(v["precision"]), more_smooth=bool(v["more_smooth"]))
     if v["mode"] == "schedule":
         text = (v["schedule"] or "").strip().upper().replace(" ", "")
         if text:
@@ -368,6 +368,9 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
                                               elem_id="top-p")
                             precision = gr.Radio(["fp32", "bf16", "fp16"], value=D["precision"], visible=on_cuda,
                                                  label="Precision (autocast on CUDA)", elem_id="precision")
+                            more_smooth = gr.Checkbox(D["more_smooth"], elem_id="more-smooth",
+                                                      label="more_smooth: soft codebook mixture in f_hat "
+                                                            "(VAR's visual option; not in speculative mode)")
                     with gr.Column(scale=3):
                         showing = gr.Markdown("", elem_id="showing")
                         with gr.Row(elem_id="headline"):
@@ -474,7 +477,7 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
 
         # ---- wiring ----------------------------------------------------------------------------
         gen_inputs = [class_name, class_id, seed, mode, cfg, top_k, top_p, entry_num, schedule, sd_mask, gamma,
-                      accept, tau, lenience, adaptive, keep_rejected, precision]
+                      accept, tau, lenience, adaptive, keep_rejected, precision, more_smooth]
         run_outputs = [runs_state, showing, final_image, target_image, draft_image, target_calls, draft_calls,
                        wall, speedup, summary, scale_slider, token_grid, scale_md, acceptance, timeline, shape_table]
 

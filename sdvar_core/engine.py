@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import masks
-from .sampling import cfg_mix, check_sampling_args, guidance, probabilities, sample
+from .sampling import cfg_mix, check_sampling_args, guidance, probabilities, sample, smooth_weights
 from .trace import DRAFT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
 
 MODES = ("target", "draft", "schedule", "speculative")
@@ -71,6 +71,7 @@ class Settings:
     verify_mask: int = 3           # attention rule of the target's verification forward
     precision: str = "fp32"        # 'fp32', or 'bf16'/'fp16' autocast on CUDA
     progressive: bool = True       # decode the picture after every scale for the trace
+    more_smooth: bool = False      # VAR's soft (Gumbel-softmax) codebook mixture in f_hat; not in speculative mode
 
     def validate(self, mode: str, num_scales: int) -> None:
         if mode not in MODES:
@@ -92,6 +93,9 @@ class Settings:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
         if not self.lenience >= 1:
             raise ValueError(f"lenience (λ) must be >= 1, got {self.lenience}")
+        if self.more_smooth and mode == "speculative":
+            raise ValueError("more_smooth is not available in speculative mode: its f_hat depends on the "
+                             "probabilities, not only the tokens, so verification would compare different inputs")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
 
@@ -130,10 +134,11 @@ class Canvas:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def push(self, k: int, idx: torch.Tensor, model: str) -> None:
-        """Append scale k's tokens (B, pn²): f_hat += phi_k(upsample(embed(idx)))."""
+    def push(self, k: int, idx: torch.Tensor, model: str, soft: torch.Tensor | None = None) -> None:
+        """Append scale k's tokens (B, pn²): f_hat += phi_k(upsample(embed(idx))), or with `soft`
+        (B, pn², V) codebook weights (more_smooth) the weighted mixture instead of embed(idx)."""
         assert k == len(self.tokens), (k, len(self.tokens))
-        h_up = self.vqvae.scale_contribution(k, idx)
+        h_up = self.vqvae.scale_contribution(k, idx) if soft is None else self.vqvae.soft_contribution(k, soft)
         f_hat = (self.fhats[-1] if self.fhats else self.zero) + h_up
         self.tokens.append(idx)
         self.fhats.append(f_hat)
@@ -146,7 +151,9 @@ class Canvas:
 
     def latent_input(self, k: int) -> torch.Tensor:
         """VAR input of scale k ≥ 1: area-downsampled f_hat after scale k−1, (B, pn_k², Cvae)."""
-        return self.vqvae.next_input(k - 1, self.fhats[k - 1])
+        x = self.vqvae.next_input(k - 1, self.fhats[k - 1])
+        self.rec.shape(k - 1, "vqvae", "next_input", x)
+        return x
 
 
 class Recorder:
@@ -275,8 +282,10 @@ def run_schedule(run: Run, schedule: str) -> None:
         switch = previous is not None and name != previous
         kind, rule = ("prefill", run.s.sd_mask) if switch else ("step", 3)
         logits = runner.forward_upto(k, kind, rule, current=k)[k]
-        idx = sample(run.distribution(logits, k, name), run.g_sample)
-        run.canvas.push(k, idx, name)
+        p = run.distribution(logits, k, name)
+        idx = sample(p, run.g_sample)
+        soft = smooth_weights(p, k, run.K, run.g_sample) if run.s.more_smooth else None
+        run.canvas.push(k, idx, name, soft)
         run.record_scale(k, name, idx, torch.full_like(idx, DRAFT if name == "draft" else TARGET))
         previous = name
 

@@ -58,6 +58,19 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.multinomial(probs.reshape(-1, V), 1, generator=generator).view(B, n)
 
 
+def smooth_weights(probs: torch.Tensor, k: int, num_scales: int, generator: torch.Generator | None) -> torch.Tensor:
+    """VAR's `more_smooth`: Gumbel-softmax weights over the codebook for a soft embedding, (B, n, V).
+
+    softmax((log p · (1 + r) + g) / τ) with r = k/(K-1), τ = max(0.27·(1 − 0.95·r), 0.005) and Gumbel
+    noise g from `generator`; p is the filtered distribution (log p equals the filtered logits up to a
+    per-row constant, which the softmax ignores).
+    """
+    r = k / max(num_scales - 1, 1)
+    tau = max(0.27 * (1 - 0.95 * r), 0.005)
+    gumbel = -torch.empty_like(probs).exponential_(generator=generator).log()
+    return ((probs.log() * (1 + r) + gumbel) / tau).softmax(dim=-1)
+
+
 def gather(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """probs (B, n, V), tokens (B, n) → probability of each token, (B, n)."""
     return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

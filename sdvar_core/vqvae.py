@@ -254,7 +254,10 @@ class MultiScaleQuantizer(nn.Module):
 
     def contribution(self, k: int, idx):
         """idx (B, pn_k**2) -> phi_k(bicubic(embed)) (B, Cvae, h, w); no upsample at the last scale."""
-        h = self.embed(k, idx)
+        return self.contribution_of(k, self.embed(k, idx))
+
+    def contribution_of(self, k: int, h):
+        """h (B, Cvae, pn_k, pn_k) latent vectors of scale k -> phi_k(bicubic(h)) (B, Cvae, h, w)."""
         if k != len(self.patch_nums) - 1:
             h = F.interpolate(h, size=(self.latent, self.latent), mode="bicubic", align_corners=False)
         return self.quant_resi[k](h)
@@ -386,6 +389,14 @@ class VQVAE(nn.Module):
         """idx (B, pn_k**2) -> phi_k(bicubic_up(embed)) (B, Cvae, h, w); no upsample at the last scale."""
         self._check_idx(k, idx)
         return self.quantize.contribution(k, idx)
+
+    def soft_contribution(self, k: int, probs):
+        """probs (B, pn_k**2, V) -> the contribution of the probability-weighted codebook mixture
+        (VAR's `more_smooth`), (B, Cvae, h, w)."""
+        self._check_scale(k)
+        pn = self.layout.patch_nums[k]
+        h = (probs @ self.quantize.embedding.weight).transpose(1, 2).reshape(probs.shape[0], -1, pn, pn)
+        return self.quantize.contribution_of(k, h)
 
     def add_scale(self, k: int, f_hat, idx):
         """f_hat (B,Cvae,h,w) + scale k's contribution -> new f_hat (the input is not modified)."""

@@ -317,3 +317,11 @@ def test_build_demo_without_examples_or_embedded_weights():
         assert elem_id in ids
     texts = " ".join(str(c["props"].get("value", "")) for c in config["components"])
     assert "untrained pair with random weights" in texts
+
+
+def test_more_smooth_reaches_the_engine(random_pair):
+    s = app.click_settings({"mode": "target", "more_smooth": True})
+    runs = explore.run_click(random_pair, "target", 0, 1, s)
+    assert s["more_smooth"] is True and runs["main"].settings["more_smooth"] is True
+    with pytest.raises(ValueError, match="more_smooth"):
+        explore.run_click(random_pair, "speculative", 0, 1, app.click_settings({"more_smooth": True}))

@@ -220,3 +220,19 @@ def test_bad_class_ids_and_mismatched_pair(models):
     other = make_var(5, 1, 32, 1, vocab=16)
     with pytest.raises(ValueError, match="codebook"):
         Pair(vq, other, target)
+
+
+def test_more_smooth_uses_the_soft_codebook_mixture(models):
+    vq, draft, target = models
+    pair = Pair(vq, draft, target)
+    idx = torch.randint(0, V, (2, 9))
+    one_hot = torch.nn.functional.one_hot(idx, V).float()
+    assert torch.allclose(vq.soft_contribution(2, one_hot), vq.scale_contribution(2, idx), atol=1e-6)
+    a = generate(pair, "target", [0, 1], seed=3, more_smooth=True, progressive=False)
+    b = generate(pair, "target", [0, 1], seed=3, more_smooth=True, progressive=False)
+    plain = generate(pair, "target", [0, 1], seed=3, progressive=False)
+    assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, plain.images)
+    tr = generate(pair, "schedule", [0], seed=3, entry_num=4, more_smooth=True, progressive=False).trace
+    assert tr.draft_calls == 4 and tr.target_calls == 6
+    with pytest.raises(ValueError, match="more_smooth"):
+        generate(pair, "speculative", [0], seed=0, more_smooth=True)

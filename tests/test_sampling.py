@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sdvar_core.sampling import (accept_tokens, cfg_mix, check_sampling_args, filter_logits, guidance,
-                                 probabilities, residual, sample)
+                                 probabilities, residual, sample, smooth_weights)
 
 
 def test_guidance_ramp_and_mix():
@@ -84,3 +84,15 @@ def test_top1_rule_and_residual():
 def test_bad_sampling_args(kw, match):
     with pytest.raises(ValueError, match=match):
         check_sampling_args(**kw)
+
+
+def test_smooth_weights_follow_the_filtered_distribution():
+    p = probabilities(torch.randn(2, 16, 40) * 2, top_k=5)
+    w_first = smooth_weights(p, 0, 10, torch.Generator().manual_seed(0))
+    w_last = smooth_weights(p, 9, 10, torch.Generator().manual_seed(0))
+    for w in (w_first, w_last):
+        assert torch.allclose(w.sum(-1), torch.ones(2, 16), atol=1e-5)
+        assert (w[p == 0] == 0).all()                      # filtered-out codes get no weight
+    assert w_last.max(-1).values.mean() > w_first.max(-1).values.mean()   # colder at the last scale
+    again = smooth_weights(p, 0, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(w_first, again)
