@@ -96,3 +96,16 @@ def test_smooth_weights_follow_the_filtered_distribution():
     assert w_last.max(-1).values.mean() > w_first.max(-1).values.mean()   # colder at the last scale
     again = smooth_weights(p, 0, 10, torch.Generator().manual_seed(0))
     assert torch.equal(w_first, again)
+
+
+def test_sampler_matches_probabilities_and_never_draws_zero_mass():
+    from sdvar_core.sampling import sample_rows
+
+    p = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    n = 100_000
+    x = sample_rows(p.expand(n, 6), torch.Generator().manual_seed(3))
+    freq = torch.bincount(x, minlength=6).float() / n
+    assert (freq[p == 0] == 0).all()
+    assert ((freq - p).abs() <= 5 * torch.sqrt(p * (1 - p) / n) + 1e-9).all()
+    last_only = torch.tensor([[0.0, 0.0, 1.0, 0.0]]).expand(1000, 4)
+    assert (sample_rows(last_only, torch.Generator().manual_seed(0)) == 2).all()
