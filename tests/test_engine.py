@@ -1,4 +1,5 @@
 """The engine: identity with D == T, exactness of the lossless rule, KV rollback, relaxed mode, traces."""
+import copy
 import math
 
 import numpy as np
@@ -236,3 +237,33 @@ def test_more_smooth_uses_the_soft_codebook_mixture(models):
     assert tr.draft_calls == 4 and tr.target_calls == 6
     with pytest.raises(ValueError, match="more_smooth"):
         generate(pair, "speculative", [0], seed=0, more_smooth=True)
+
+
+def test_exact_mode_matches_target_only_at_the_last_scale():
+    """Two-sample check at the third (last) scale. Small batches, so that rounds often keep two scales
+    (a round stops at the first scale that some sample of the batch fails) before a rollback."""
+    base = mini_pair()
+    draft = copy.deepcopy(base.target)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(p.numel())) * 0.3)
+    pair = Pair(base.vqvae, draft, base.target)
+    batch, seeds = 1, 1500
+
+    def last_scale_freq(mode, **kw):
+        counts, kept_two = torch.zeros(16, V), 0
+        for seed in range(seeds):
+            tr = generate(pair, mode, [1] * batch, seed=1000 + seed, cfg=0.0, progressive=False, **kw).trace
+            t2 = torch.from_numpy(tr.scales[2].tokens)
+            counts += torch.nn.functional.one_hot(t2, V).sum(0)
+            kept_two += any(len(r.accepted_scales) >= 1 and len(r.finalized) >= 2 for r in tr.rounds)
+        return counts / (batch * seeds), kept_two
+
+    (ref, _), (spec, multi) = last_scale_freq("target"), last_scale_freq("speculative", gamma=2)
+    drafted, _ = last_scale_freq("draft")
+    assert multi > seeds // 10, "too few rounds kept two scales for the test to cover them"
+    n = batch * seeds
+    pooled = (ref + spec) / 2
+    tol = 5 * torch.sqrt(pooled * (1 - pooled) * 2 / n) + 1e-3
+    assert ((ref - spec).abs() <= tol).all()
+    assert ((ref - drafted).abs() > tol).any(), "the draft must differ for the test to have power"
