@@ -7,6 +7,12 @@ large set can be rendered on its own and comes out identical.
 Each image is one foreground colour over one background colour. The coarse token scales
 of a VAR decide the layout and the colours; the fine scales decide the edges and textures.
 Shapes are rendered at 2x and box-downsampled, so their edges are anti-aliased.
+
+The ranges below (data version 2) are narrow on purpose: shapes sit near the centre at a
+similar size and nearly upright, textures are near-axis-aligned with a large period. A VAR
+samples the tokens of one scale independently, so a layout that is ambiguous at a coarse
+scale (where is the shape, which way do the stripes run) comes out as a patchwork; with
+these ranges a small VAR trained on a CPU draws every class. Colours stay fully random.
 """
 from __future__ import annotations
 
@@ -20,9 +26,14 @@ NUM_CLASSES = len(CLASS_NAMES)
 MIN_SIZE = 16
 MIN_COLOR_DISTANCE = 0.5  # Euclidean RGB distance in [0,1]^3 between foreground and background
 
-# Largest rotation in radians per shape; square and diamond stay near upright so that
-# neither turns into the other, the heart stays roughly point-down.
-_MAX_ROTATION = {"square": 0.35, "diamond": 0.35, "heart": 0.5}
+DATA_VERSION = 2
+SHAPE_RADIUS = (0.55, 0.75)     # half-size in [-1, 1] units: about 18 to 24 px at 64 px
+CENTRE_JITTER = 0.12            # the shape's centre lies in [-0.12, 0.12]^2 (about ±4 px)
+MAX_ROTATION = 0.3              # radians, either way; square and diamond less, so neither becomes the other
+_MAX_ROTATION = {"square": 0.2, "diamond": 0.2}
+TEXTURE_PERIOD = (0.55, 0.7)    # one stripe + one gap, in [-1, 1] units: about 18 to 22 px
+TEXTURE_ANGLE_JITTER = 0.08     # radians around horizontal (stripes) or axis-aligned (checker)
+TEXTURE_PHASE_JITTER = 0.15     # in periods
 
 
 @lru_cache(maxsize=8)
@@ -77,13 +88,15 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generato
 
 
 def _texture_mask(name: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stripes or checkerboard over the whole image, random period, angle and phase. x, y: (n, n)."""
-    period = rng.uniform(0.18, 0.45)  # in [-1,1] units: about 6 to 14 px at 64 px
-    a = rng.uniform(0, np.pi)
-    s = (x * np.cos(a) + y * np.sin(a)) / period + rng.random()
+    """Stripes (horizontal) or a checkerboard over the whole image, with a random period and small
+    random tilt and phase. x, y: (n, n)."""
+    period = rng.uniform(*TEXTURE_PERIOD)
+    a = np.pi / 2 + rng.uniform(-TEXTURE_ANGLE_JITTER, TEXTURE_ANGLE_JITTER)  # normal of horizontal stripes
+    phase = lambda: 0.25 + rng.uniform(-TEXTURE_PHASE_JITTER, TEXTURE_PHASE_JITTER)  # noqa: E731
+    s = (x * np.cos(a) + y * np.sin(a)) / period + phase()
     if name == "stripes":
         return np.mod(s, 1.0) < 0.5
-    t = (-x * np.sin(a) + y * np.cos(a)) / period + rng.random()
+    t = (-x * np.sin(a) + y * np.cos(a)) / period + phase()
     return (np.mod(s, 1.0) < 0.5) ^ (np.mod(t, 1.0) < 0.5)
 
 
@@ -95,9 +108,9 @@ def _render(class_id: int, rng: np.random.Generator, size: int) -> np.ndarray:
     if name in ("stripes", "checker"):
         mask = _texture_mask(name, x, y, rng)
     else:
-        r = rng.uniform(0.4, 0.75)
-        cx, cy = rng.uniform(-(1 - r), 1 - r, size=2)
-        lim = _MAX_ROTATION.get(name, np.pi)
+        r = rng.uniform(*SHAPE_RADIUS)
+        cx, cy = rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, size=2)
+        lim = _MAX_ROTATION.get(name, MAX_ROTATION)
         th = rng.uniform(-lim, lim)
         c, s = np.cos(th), np.sin(th)
         dx, dy = x - cx, y - cy

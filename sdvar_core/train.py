@@ -11,7 +11,6 @@ image i is `make_images(..., seed, start=i)`; the held-out set is `make_batch(n,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import random
@@ -25,28 +24,16 @@ from tqdm import tqdm
 
 from . import data
 from .config import TINY_VQVAE
+from .runtime import autocast_for, best_precision, machine_name, resolve_device
 from .vqvae import VQVAE, save_vqvae
 
 # --- small reusable helpers ------------------------------------------------------------------
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{os.cpu_count()}-core CPU"
 
 
 def cosine_lr(step: int, steps: int, base_lr: float, warmup: int) -> float:
@@ -135,6 +122,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--time-limit", type=float, default=0.0, help="stop after this many minutes (0 = none)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="autocast dtype; auto = bf16 on CUDA and on CPUs with native bf16, else fp32")
+
+
+def precision_of(args, device: torch.device) -> str:
+    return best_precision(device) if args.precision == "auto" else args.precision
 
 
 def check_common_args(args) -> None:
@@ -192,7 +185,8 @@ def train_vqvae(args) -> dict:
     if args.eval_seed == args.seed:
         raise ValueError(f"--eval-seed must differ from --seed (both {args.seed})")
     cfg = TINY_VQVAE
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
+    autocast = autocast_for(device, precision_of(args, device))
     seed_all(args.seed)
     model = VQVAE(cfg).to(device)
     model.quantize.restart_every = args.restart_every
@@ -209,13 +203,15 @@ def train_vqvae(args) -> dict:
         else:
             g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
             x = pool[torch.randint(0, len(pool), (args.batch_size,), generator=g).to(device)]
-        return model(x)[1]
+        with autocast():
+            return model(x)[1]
 
     extra = (lambda: {"train_calls": q.train_calls}, lambda d: setattr(q, "train_calls", d["train_calls"]))
     run = train_loop(model, opt, loss_fn, args, Path(f"{args.out}.ckpt.pt"), extra)
     ev = evaluate_vqvae(model, args.eval_images, args.eval_seed)
     meta = {**run, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "pool": args.pool, **ev,
             "eval_images": args.eval_images, "eval_seed": args.eval_seed, "machine": machine_name(device),
+            "precision": precision_of(args, device),
             "threads": torch.get_num_threads()}
     save_vqvae(model.cpu(), args.out, meta)
     print({k: v for k, v in meta.items()})
@@ -253,7 +249,8 @@ def train_var(args) -> dict:
     from .vqvae import load_vqvae
     from .zoo import save_var
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
+    precision = precision_of(args, device)
     seed_all(args.seed)
     vqvae = load_vqvae(args.vqvae, device)
     vq = vqvae.cfg
@@ -273,9 +270,7 @@ def train_var(args) -> dict:
             torch.save({"tokens": tokens, "labels": labels, "held_tokens": held_tokens, "held_labels": held_labels}, cache)
     t_data = time.time() - t_data
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
-    autocast = contextlib.nullcontext
-    if device.type == "cuda":
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    autocast = autocast_for(device, precision)
 
     def loss_fn(step):
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
@@ -290,7 +285,7 @@ def train_var(args) -> dict:
     meta = {**run, "data_seconds": round(t_data, 1), "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "train_images": args.images, "data_seed": args.data_seed, "eval_images": args.eval_images,
             "eval_seed": args.eval_seed, "heldout_loss": round(float(np.mean(held)), 4),
-            "params": model.num_params(), "vqvae": Path(args.vqvae).name, "machine": machine_name(device),
+            "params": model.num_params(), "vqvae": Path(args.vqvae).name, "machine": machine_name(device), "precision": precision,
             "threads": torch.get_num_threads()}
     meta["stored_dtype"] = "float16"
     save_var(model.cpu(), args.out, meta, dtype=torch.float16)

@@ -284,6 +284,10 @@ class MultiScaleQuantizer(nn.Module):
 
         In training mode also updates `ema_vocab_hit_SV` and restarts dead codes.
         """
+        with torch.autocast(f.device.type, enabled=False):  # distances and residuals stay fp32
+            return self._quantize(f.float())
+
+    def _quantize(self, f):
         f_sg = f.detach()
         f_rest, f_hat = f_sg.clone(), torch.zeros_like(f_sg)
         vq_loss, tokens, pool = 0.0, [], []
@@ -450,6 +454,7 @@ class VQVAE(nn.Module):
         f = self.encode(images)
         f_hat, vq_loss, tokens = self.quantize(f)
         out = self.decoder(self.post_quant_conv(f_hat))
+        out = out.float()
         recon = F.mse_loss(out, images * 2 - 1)
         used = torch.zeros(self.cfg.vocab_size, dtype=torch.bool, device=images.device)
         for t in tokens:

@@ -1,0 +1,86 @@
+"""Where and how things run: device choice, mixed precision, a name for the machine.
+
+One home for these helpers; the engine, training, sampling, benchmarks and the app all use them.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a ValueError."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = str(name).split(":")[0]
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA device is available here (use 'cpu' or 'auto')")
+    return torch.device(name)
+
+
+@lru_cache(maxsize=None)
+def cpu_bf16_supported() -> bool:
+    """True when the CPU runs bfloat16 matrix products natively (avx512_bf16 / AMX)."""
+    with contextlib.suppress(Exception):
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def precision_supported(device: torch.device, precision: str) -> bool:
+    """Whether `precision` autocast is offered on `device`: fp32 always, bf16 on CUDA and on CPUs with
+    native bf16, fp16 on CUDA only."""
+    if precision == "fp32":
+        return True
+    if device.type == "cuda":
+        return precision in ("bf16", "fp16")
+    return precision == "bf16" and cpu_bf16_supported()
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """ValueError naming what is allowed when `precision` cannot run on `device`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not precision_supported(device, precision):
+        allowed = [p for p in PRECISIONS if precision_supported(device, p)]
+        raise ValueError(f"precision {precision!r} is not available on {device.type} here; use one of {allowed}")
+
+
+def best_precision(device: torch.device) -> str:
+    """bf16 where it runs natively (CUDA, or a CPU with bf16), else fp32: the training default."""
+    return "bf16" if precision_supported(device, "bf16") else "fp32"
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A factory of context managers: autocast to bf16/fp16 on `device`, or nothing for fp32."""
+    check_precision(device, precision)
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def machine_name(device: torch.device) -> str:
+    """One line naming the processor: GPU name and memory, or CPU model, cores and threads."""
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return (f"{p.name} ({p.total_memory / 2**30:.0f} GiB), {os.cpu_count()} CPU cores, "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} intra-op thread(s)")
