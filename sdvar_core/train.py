@@ -1,7 +1,12 @@
-"""Training CLI with one sub-command per model.
+"""Training CLI: one sub-command per model, and `all` for the whole embedded pair.
 
+    python -m sdvar_core.train all [--work out/tiny-work] [--out assets/tiny] [--device auto]
     python -m sdvar_core.train vqvae --out assets/tiny/vqvae --steps 800 --batch-size 16 --seed 0
     python -m sdvar_core.train var --vqvae assets/tiny/vqvae --out assets/tiny/target --depth 6 --width 192 --heads 3 --steps 3000
+
+`all` runs every stage of `PairRecipe` in order (classifier, VQ-VAE, target, draft, card),
+skips the stages whose outputs are complete and resumes an interrupted one from its checkpoint,
+so rerunning the same command after a stop continues where it was.
 
 Writes `<out>.safetensors` + `<out>.json` at the end and a resumable checkpoint
 `<out>.ckpt.pt` (a plain dict, loaded with weights_only=True) every --ckpt-every steps.
@@ -11,10 +16,13 @@ image i is `make_images(..., seed, start=i)`; the held-out set is `make_batch(n,
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
 import os
 import random
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +301,110 @@ def train_var(args) -> dict:
     return meta
 
 
+# --- the embedded pair, end to end ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairRecipe:
+    """Every setting `train all` uses. The defaults made the shipped pair on a 2-core CPU (bf16);
+    `quick()` shrinks every count for a dry run that touches every stage in a few minutes."""
+
+    classifier_steps: int = 800
+    vqvae_steps: int = 1500
+    vqvae_batch_size: int = 64
+    vqvae_pool: int = 40_000
+    images: int = 60_000            # training images tokenized once for both VARs
+    eval_images: int = 1000         # held-out images for the VARs' loss
+    var_batch_size: int = 32
+    target: tuple[int, int, int] = (6, 192, 3)   # depth, width, heads
+    target_steps: int = 3500
+    target_lr: float = 1e-3
+    draft: tuple[int, int, int] = (2, 128, 2)
+    draft_steps: int = 2500
+    draft_lr: float = 2e-3
+    warmup: int = 200
+    per_class: int = 100            # card: images per class per model
+    real: int = 1000                # card: real images for FID-tiny
+    spec_samples: int = 100         # card: exact speculative runs (batch 1)
+
+    def quick(self) -> "PairRecipe":
+        return replace(self, classifier_steps=4, vqvae_steps=4, vqvae_batch_size=8, vqvae_pool=200, images=400,
+                       eval_images=100, var_batch_size=4, target_steps=4, draft_steps=4, warmup=2, per_class=2,
+                       real=50, spec_samples=4)
+
+    def stages(self, work: Path, common: list[str]) -> list[tuple[str, str, list[str], Path]]:
+        """(name, module, argv, output stem) of every training stage, in order."""
+        w = lambda name: str(work / name)  # noqa: E731
+        var = ["var", "--vqvae", w("vqvae"), "--batch-size", str(self.var_batch_size), "--images", str(self.images),
+               "--eval-images", str(self.eval_images), "--data-cache", w("tokens.pt"), "--warmup", str(self.warmup),
+               "--ckpt-every", "100", "--resume", *common]
+        return [
+            ("classifier", "metrics", ["train", "--out", w("classifier"), "--steps", str(self.classifier_steps)],
+             work / "classifier"),
+            ("vqvae", "train", ["vqvae", "--out", w("vqvae"), "--steps", str(self.vqvae_steps), "--batch-size",
+                                str(self.vqvae_batch_size), "--lr", "2e-3", "--pool", str(self.vqvae_pool),
+                                "--ckpt-every", "100", "--seed", "0", "--resume", *common], work / "vqvae"),
+            ("target", "train", var + ["--out", w("target"), "--depth", str(self.target[0]), "--width",
+                                       str(self.target[1]), "--heads", str(self.target[2]), "--steps",
+                                       str(self.target_steps), "--lr", str(self.target_lr), "--seed", "1"],
+             work / "target"),
+            ("draft", "train", var + ["--out", w("draft"), "--depth", str(self.draft[0]), "--width",
+                                      str(self.draft[1]), "--heads", str(self.draft[2]), "--steps",
+                                      str(self.draft_steps), "--lr", str(self.draft_lr), "--seed", "2"],
+             work / "draft"),
+        ]
+
+
+def stage_done(stem: Path, argv: list[str]) -> bool:
+    """A stage is done when its JSON exists and (for a training run) it reached the requested steps."""
+    info = Path(f"{stem}.json")
+    if not info.is_file():
+        return False
+    meta = json.loads(info.read_text())
+    if "--steps" in argv:
+        return meta.get("steps") == int(argv[argv.index("--steps") + 1])
+    return True
+
+
+def train_all(args) -> dict:
+    """Run every stage of the recipe into --work, install the pair into --out, then write its card."""
+    import importlib
+
+    recipe = PairRecipe().quick() if args.quick else PairRecipe()
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--device", args.device, "--precision", args.precision]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    times = {}
+    for name, module, argv, stem in recipe.stages(work, common):
+        if stage_done(stem, argv):
+            print(f"== {name}: done ({stem}.json), skipped")
+            continue
+        print(f"== {name}: python -m sdvar_core.{module} {' '.join(argv)}", flush=True)
+        t0 = time.time()
+        importlib.import_module(f"sdvar_core.{module}").main(argv)
+        times[name] = round(time.time() - t0, 1)
+        if not stage_done(stem, argv):
+            raise SystemExit(f"stage {name} stopped before its last step (time limit?); rerun to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("vqvae", "target", "draft"):
+        for ext in ("safetensors", "json"):
+            shutil.copy2(work / f"{name}.{ext}", out / f"{name}.{ext}")
+    classifier = Path(args.classifier)
+    classifier.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("safetensors", "json"):
+        shutil.copy2(work / f"classifier.{ext}", Path(f"{classifier}.{ext}"))
+    if not args.skip_card:
+        from . import card
+        card.main(["--folder", str(out), "--classifier", str(classifier), "--work", str(work / "card"),
+                   "--per-class", str(recipe.per_class), "--real", str(recipe.real),
+                   "--spec-samples", str(recipe.spec_samples), "--recipe", str(work / "recipe.json")])
+    print({"stage_seconds_this_invocation": times})
+    return times
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sdvar_core.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="model", required=True)
@@ -317,7 +429,19 @@ def main(argv=None) -> None:
     p.add_argument("--data-cache", default="", help="reuse the tokenized images from this file (written if absent)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (enables CFG)")
+    p = sub.add_parser("all", help="train the whole embedded pair (classifier, VQ-VAE, target, draft) and write its card")
+    p.add_argument("--work", default="out/tiny-work", help="folder for checkpoints, token cache and stage outputs")
+    p.add_argument("--out", default="assets/tiny", help="where the finished pair and its card go")
+    p.add_argument("--classifier", default="assets/classifier", help="where the classifier goes (path stem)")
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda'")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
+    p.add_argument("--quick", action="store_true", help="tiny step counts: a dry run of every stage")
+    p.add_argument("--skip-card", action="store_true", help="stop after installing the weights")
     args = parser.parse_args(argv)
+    if args.model == "all":
+        train_all(args)
+        return
     check_common_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
