@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import data
 from .config import TINY_VQVAE
-from .runtime import autocast_for, best_precision, machine_name, resolve_device
+from .runtime import autocast_for, best_precision, derived_seed, machine_name, resolve_device
 from .vqvae import VQVAE, save_vqvae
 
 # --- small reusable helpers ------------------------------------------------------------------
@@ -201,7 +201,7 @@ def train_vqvae(args) -> dict:
         if pool is None:
             x = train_images(step, args.batch_size, args.seed, cfg.image_size).to(device)
         else:
-            g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            g = torch.Generator().manual_seed(derived_seed(args.seed, step))
             x = pool[torch.randint(0, len(pool), (args.batch_size,), generator=g).to(device)]
         with autocast():
             return model(x)[1]
@@ -273,7 +273,7 @@ def train_var(args) -> dict:
     autocast = autocast_for(device, precision)
 
     def loss_fn(step):
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(derived_seed(args.seed, step))
         idx = torch.randint(0, len(tokens), (args.batch_size,), generator=g).to(device)
         return {"loss": var_loss(model, vqvae, tokens[idx], labels[idx], autocast)}
 

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from .config import OFFICIAL_VQVAE, VARConfig, VQVAEConfig, official_var_config
 from .data import CLASS_NAMES
 from .engine import Pair
+from .runtime import resolve_device
 from .var import DERIVED_BUFFERS, VAR
 from .vqvae import VQVAE, load_vqvae
 
@@ -37,10 +38,6 @@ DEFAULT_DRAFT_DEPTH, DEFAULT_TARGET_DEPTH = 16, 30
 
 def official_var_file(depth: int) -> str:
     return f"var_d{int(depth)}.pth"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---- state-dict checks -----------------------------------------------------------------------
@@ -367,7 +364,7 @@ def load_pair(name: str = "tiny", *, draft_depth: int | None = None, target_dept
     """
     if name not in ("tiny", "official"):
         raise ValueError(f"unknown pair {name!r}; known: 'tiny', 'official'")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device("auto" if device is None else device)
     if name == "official" or draft_depth is not None or target_depth is not None:
         return _official_pair(draft_depth or DEFAULT_DRAFT_DEPTH, target_depth or DEFAULT_TARGET_DEPTH,
                               weights_dir, device)
