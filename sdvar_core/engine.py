@@ -45,8 +45,6 @@ class Pair:
                     f"{vq.vocab_size}, Cvae {c.z_channels} vs {vq.z_channels}, patch_nums {c.patch_nums} vs {vq.patch_nums}")
         if self.draft.cfg.num_classes != self.target.cfg.num_classes:
             raise ValueError("draft and target must have the same number of classes")
-        for m in (self.draft, self.target):
-            m.attach_vqvae(self.vqvae)
 
     @property
     def num_classes(self) -> int:

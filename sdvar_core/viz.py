@@ -320,13 +320,6 @@ def mask_png(mask: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def decode_mask_png(uri: str) -> np.ndarray:
-    """Inverse of mask_png: the bool matrix from a PNG data URI."""
-    data = base64.b64decode(uri.split(",", 1)[1])
-    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    return rgb.astype(int).sum(axis=-1) < 3 * 160
-
-
 def mask_small_multiples_figure(current: int, layout: ScaleLayout = ScaleLayout(), full: bool = True) -> go.Figure:
     """All six sd_mask rules side by side at one hand-off scale, each as a raster image with its sparsity."""
     end = mask_window_end(current, layout, full)

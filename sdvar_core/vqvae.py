@@ -384,11 +384,6 @@ class VQVAE(nn.Module):
         """images (B,3,H,W) in [0,1] -> list of K LongTensors (B, pn_k**2)."""
         return self.quantize.f_to_tokens(self.encode(images))
 
-    def embed_tokens(self, k: int, idx):
-        """idx (B, pn_k**2) -> codebook vectors (B, Cvae, pn_k, pn_k), row-major."""
-        self._check_idx(k, idx)
-        return self.quantize.embed(k, idx)
-
     def scale_contribution(self, k: int, idx):
         """idx (B, pn_k**2) -> phi_k(bicubic_up(embed)) (B, Cvae, h, w); no upsample at the last scale."""
         self._check_idx(k, idx)
@@ -436,12 +431,6 @@ class VQVAE(nn.Module):
     def tokens_to_image(self, tokens):
         """tokens (K maps) -> image (B,3,H,W) in [0,1]."""
         return self.fhat_to_image(self.tokens_to_fhat(tokens))
-
-    def progressive_images(self, tokens):
-        """tokens (K maps) -> (K, B, 3, H, W): the image after each scale, decoded in one batch."""
-        fhats = torch.stack(self.progressive_fhats(tokens))  # (K,B,C,h,w)
-        K, B = fhats.shape[:2]
-        return self.fhat_to_image(fhats.flatten(0, 1)).unflatten(0, (K, B))
 
     # --- training ---------------------------------------------------------------------
 

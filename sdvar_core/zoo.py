@@ -158,7 +158,7 @@ def load_official_var(depth: int, var_path, device="cpu", vqvae_cfg: VQVAEConfig
 
 
 def load_official(depth: int, var_path, vae_path, device="cpu", vqvae_cfg: VQVAEConfig | None = None):
-    """(vqvae, var) from the official files; the VQ-VAE is attached to the VAR, both in eval mode on `device`.
+    """(vqvae, var) from the official files, both in eval mode on `device`.
 
     depth: any depth of the official rule (width 64·depth, heads = depth).
     vqvae_cfg: OFFICIAL_VQVAE unless given (small configs serve the tests).
@@ -166,7 +166,7 @@ def load_official(depth: int, var_path, vae_path, device="cpu", vqvae_cfg: VQVAE
     vqvae_cfg = vqvae_cfg or OFFICIAL_VQVAE
     vqvae = load_official_vqvae(vae_path, device, vqvae_cfg)
     var = load_official_var(depth, var_path, device, vqvae_cfg)
-    return vqvae, var.attach_vqvae(vqvae)
+    return vqvae, var
 
 
 # ---- finding the official files ----------------------------------------------------------------

@@ -30,6 +30,14 @@ def random_pair() -> Pair:
     return build_random_pair()
 
 
+@torch.no_grad()
+def teacher_forced_logits(var, class_ids, tokens, vqvae) -> torch.Tensor:
+    """The reference for cached generation: one block-causal forward over given tokens, no CFG, no class
+    dropout. tokens: K LongTensors (B, pn_k²) → logits (B, L, V)."""
+    assert not var.training
+    return var(torch.as_tensor(class_ids), vqvae.teacher_inputs(tokens))
+
+
 def free_port() -> int:
     import socket
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sdvar_core.speculative as speculative
+from conftest import teacher_forced_logits
 from sdvar_core.config import VARConfig, VQVAEConfig
 from sdvar_core.engine import Pair, Run, Settings, generate
 from sdvar_core.trace import ACCEPTED, CORRECTED, TARGET, Trace
@@ -90,7 +91,7 @@ def target_marginals(pair, cls):
     p1 = torch.zeros(4, V)
     for x0 in range(V):
         tokens = [torch.tensor([[x0]]), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 16, dtype=torch.long)]
-        probs = T.teacher_forced_logits(torch.tensor([cls]), tokens, pair.vqvae).softmax(-1)[0]
+        probs = teacher_forced_logits(T, [cls], tokens, pair.vqvae).softmax(-1)[0]
         p0 = probs[0]
         p1 += p0[x0] * probs[1:5]
     return p0, p1

@@ -84,8 +84,8 @@ def test_default_classifier_shapes_and_size():
     model = Classifier().eval()
     x = torch.rand(3, 3, 64, 64)
     assert model(x).shape == (3, 10)
-    assert model.features(x).shape == (3, model.config.feature_dim)
-    assert 64 <= model.config.feature_dim <= 128
+    assert model.features(x).shape == (3, model.config.widths[-1])
+    assert 64 <= model.config.widths[-1] <= 128
     assert sum(p.numel() for p in model.parameters()) < 300_000
 
 

@@ -1,8 +1,12 @@
 """viz.py: every figure carries the data of the trace or mask it was drawn from."""
+import base64
+import io
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from PIL import Image
 
 from sdvar_core import masks, viz
 from sdvar_core.config import ScaleLayout
@@ -10,6 +14,13 @@ from sdvar_core.engine import generate
 from sdvar_core.trace import ACCEPTED, CORRECTED, DRAFT, STATUS_NAMES, TARGET, TENSOR_MEANINGS
 
 LAYOUT = ScaleLayout()
+
+
+def decode_mask_png(uri: str) -> np.ndarray:
+    """Inverse of viz.mask_png: the bool matrix from a PNG data URI."""
+    data = base64.b64decode(uri.split(",", 1)[1])
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return rgb.astype(int).sum(axis=-1) < 3 * 160
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +167,7 @@ def test_mask_heatmap_equals_mask_matrix(rule, current, full):
 
 def test_mask_png_round_trip():
     m = masks.mask_matrix(2, 5, LAYOUT).numpy()
-    assert np.array_equal(viz.decode_mask_png(viz.mask_png(m)), m)
+    assert np.array_equal(decode_mask_png(viz.mask_png(m)), m)
 
 
 @pytest.mark.parametrize("full", [False, True])
@@ -166,7 +177,7 @@ def test_small_multiples_show_all_six_rules(full):
     assert len(images) == 6
     end = LAYOUT.total if full else LAYOUT.ends[6]
     for rule, img in enumerate(images):
-        assert np.array_equal(viz.decode_mask_png(img.source), masks.mask_matrix(rule, 6, LAYOUT, q_end=end).numpy())
+        assert np.array_equal(decode_mask_png(img.source), masks.mask_matrix(rule, 6, LAYOUT, q_end=end).numpy())
         sparsity = masks.pair_counts(rule, 6, LAYOUT, q_end=end)["sparsity"]
         assert f"{sparsity:.0%} blocked" in fig.layout.annotations[rule].text
 
