@@ -27,7 +27,7 @@ from sdvar_core import masks, viz
 from sdvar_core.config import TINY_VQVAE, ScaleLayout, VARConfig
 from sdvar_core.data import CLASS_NAMES
 from sdvar_core.engine import Pair
-from sdvar_core.explore import (DIRECTIONS, config_label, list_bundles, load_bundle, load_quality_classifier,
+from sdvar_core.explore import (DIRECTIONS, config_label, headline, list_bundles, load_bundle, load_quality_classifier,
                                 parse_seeds, run_click, run_config, sweep_configs, sweep_row)
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
@@ -175,7 +175,7 @@ def click_settings(inputs: dict) -> dict:
 def stat_values(runs: dict, class_names=None) -> tuple:
     """(target calls, draft calls, wall time text, speed-up text, summary Markdown) of one click."""
     main = runs["main"]
-    h = viz.headline(main, runs["target"], runs["draft"])
+    h = headline(main, runs["target"], runs["draft"])
     st = main.settings
     cls = st["class_ids"][0]
     label = class_names[cls] if class_names and cls < len(class_names) else f"class {cls}"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from sdvar_core import data, metrics  # noqa: E402
+from sdvar_core import checkpoints, classifier, data, metrics  # noqa: E402
 from sdvar_core.engine import generate  # noqa: E402
 from sdvar_core.zoo import file_sha256, load_pair  # noqa: E402
 
@@ -50,19 +50,19 @@ def main(argv=None):
     if card_path.exists():
         card_path.unlink()  # rebuilt below; load_pair would verify a stale one
     pair = load_pair("tiny", device=device, folder=folder)
-    clf = metrics.load_classifier(args.classifier, device=device)
+    clf = checkpoints.load_classifier(args.classifier, device=device)
     labels = np.repeat(np.arange(data.NUM_CLASSES), args.per_class)
-    real, _ = data.make_batch(args.real, metrics.HELDOUT_SEED)
+    real, _ = data.make_batch(args.real, classifier.HELDOUT_SEED)
     settings = dict(cfg=args.cfg, top_k=0, top_p=1.0)
     rows = {}
     for mode in ("target", "draft"):
         t0 = time.perf_counter()
         images, _ = sample(pair, mode, labels, args.seed, args.batch, **settings)
-        rows[mode] = {"class_accuracy": round(metrics.class_accuracy(clf, images, labels), 4),
+        rows[mode] = {"class_accuracy": round(classifier.class_accuracy(clf, images, labels), 4),
                       "fid_tiny": round(metrics.fid_tiny(clf, real, images), 3),
                       "images": len(images), "seconds": round(time.perf_counter() - t0, 1)}
         print(mode, rows[mode], flush=True)
-    real2, _ = data.make_batch(args.real, metrics.HELDOUT_SEED - 1)
+    real2, _ = data.make_batch(args.real, classifier.HELDOUT_SEED - 1)
     noise_floor = round(metrics.fid_tiny(clf, real, real2), 3)
     spec_labels = np.arange(data.NUM_CLASSES).repeat(5)
     _, traces = sample(pair, "speculative", spec_labels, args.seed, 1, gamma=2, **settings)

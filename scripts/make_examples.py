@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import app  # noqa: E402
-from sdvar_core import explore, viz  # noqa: E402
+from sdvar_core import explore  # noqa: E402
 
 # (file stem, title, Generate-tab inputs); unspecified inputs take app.DEFAULT_INPUTS
 EXAMPLES = [
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
         runs = explore.run_click(pair, inputs["mode"], app.class_index(pair, inputs["class_name"], None),
                              inputs["seed"], app.click_settings(inputs))
         explore.save_bundle(out / f"{stem}.npz", runs, inputs, title)
-        h = viz.headline(runs["main"], runs["target"], runs["draft"])
+        h = explore.headline(runs["main"], runs["target"], runs["draft"])
         print(f"{stem}: {time.perf_counter() - t:.2f} s, target calls {h['target_calls']}, "
               f"draft calls {h['draft_calls']}, speed-up {h['speedup']:.2f}×, "
               f"{(out / f'{stem}.npz').stat().st_size / 1024:.0f} KiB")

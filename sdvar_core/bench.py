@@ -522,8 +522,9 @@ def build_report(pair: Pair, classifier, device: torch.device, *, images_per_cla
 
     n_real: real procedural images for FID-tiny (default: max(1000, images per row)).
     """
+    from .classifier import features, predict
     from .data import make_batch
-    from .metrics import bootstrap_fid, features, fid_from_features, predict
+    from .metrics import bootstrap_fid, fid_from_features
 
     rows = rows or table_rows("report", pair.layout.num_scales)
     plan = report_plan(pair.num_classes, images_per_class, batch)
@@ -1185,7 +1186,7 @@ def _main(args) -> None:
         emit(run_modes(pair, device, batch=args.batch, seeds=args.seeds, repeats=args.repeats,
                        settings={"precision": _precision(args, device)}), out, section)
     elif args.cmd == "report":
-        from .metrics import load_classifier
+        from .checkpoints import load_classifier
         if args.max_minutes is not None and not args.max_minutes > 0:
             raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
         stem = Path(args.classifier)

@@ -1,4 +1,5 @@
-"""What one click of the explorer runs, sweeps over settings, and precomputed example bundles.
+"""What one click of the explorer runs, its headline numbers, sweeps over settings, and precomputed
+example bundles.
 
 UI-free: the app wires these to widgets, `scripts/make_examples.py` uses them to precompute runs,
 and notebooks can call them directly.
@@ -11,15 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import viz
+from . import metrics
+from .checkpoints import load_classifier
+from .classifier import class_accuracy
+from .config import CLASSIFIER_STEM
 from .data import CLASS_NAMES
 from .engine import Pair, generate
-from .trace import Trace
+from .trace import ACCEPTED, Trace
 
 DIRECTIONS = {"D→T": "draft first, then target: 'D'·e + 'T'·(10−e)",
               "T→D": "target first, then draft: 'T'·e + 'D'·(10−e)"}
 MAX_SWEEP_CONFIGS, MAX_SWEEP_SEEDS = 64, 8
-CLASSIFIER_STEM = Path(__file__).resolve().parent.parent / "assets" / "classifier"
 
 
 def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, on_progress=None) -> dict:
@@ -44,6 +47,37 @@ def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, o
     runs.setdefault("target", runs["main"])
     runs.setdefault("draft", runs["main"])
     return runs
+
+
+def headline(main: Trace, target_only: Trace | None = None, draft_only: Trace | None = None) -> dict:
+    """The numbers at the top of the page, all from runs of the same click.
+
+    wall_s is the run's generation time (the transformer loop plus the final decode, without the
+    per-scale preview decodes). speedup = target-only wall time / this run's wall time;
+    token_agreement: the fraction of final tokens equal to the target-only run's.
+    """
+    drafted = [s for s in main.scales if s.producer == "draft+target"]
+    out = {"target_calls": main.target_calls, "draft_calls": main.draft_calls,
+           "wall_s": float(main.timings["total"]),
+           "accepted_tokens": int(sum((s.status == ACCEPTED).sum() for s in drafted)),
+           "verified_tokens": int(sum(s.status.size for s in drafted)),
+           "target_only_wall_s": None, "target_only_calls": None, "speedup": None,
+           "draft_only_wall_s": None, "token_agreement": None}
+    if target_only is not None:
+        out["target_only_wall_s"] = float(target_only.timings["total"])
+        out["target_only_calls"] = target_only.target_calls
+        out["speedup"] = out["target_only_wall_s"] / max(out["wall_s"], 1e-9)
+        out["token_agreement"] = agreement(main, target_only)
+    if draft_only is not None:
+        out["draft_only_wall_s"] = float(draft_only.timings["total"])
+    return out
+
+
+def agreement(a: Trace, b: Trace) -> float:
+    """Fraction of all final tokens (every scale, every sample) that are equal in two runs."""
+    if list(a.patch_nums) != list(b.patch_nums):
+        raise ValueError("the two runs have different layouts")
+    return metrics.token_agreement(a.tokens, b.tokens, a.patch_nums)["all"]
 
 
 def sweep_configs(kind: str, entry_nums, directions, sd_masks, gammas, taus, num_scales: int = 10) -> list[dict]:
@@ -122,8 +156,6 @@ def run_config(pair: Pair, config: dict, seeds: list[int], class_ids: list[int],
 
 def sweep_row(config: dict, traces: list[Trace], reference: list[Trace], class_ids, classifier) -> dict:
     """Measured numbers of one sweep entry against the target-only runs of the same seeds."""
-    from .metrics import class_accuracy, psnr
-
     wall = float(np.mean([t.timings["total"] for t in traces]))
     ref_wall = float(np.mean([t.timings["total"] for t in reference]))
     images = np.concatenate([t.images for t in traces])
@@ -137,8 +169,8 @@ def sweep_row(config: dict, traces: list[Trace], reference: list[Trace], class_i
             "target_calls": float(np.mean([t.target_calls for t in traces])),
             "draft_calls": float(np.mean([t.draft_calls for t in traces])),
             "wall_s": wall, "speedup": ref_wall / max(wall, 1e-9),
-            "token_agreement": float(np.mean([viz.token_agreement(t, r) for t, r in zip(traces, reference)])),
-            "pixel_psnr_db": float(np.mean([psnr(t.images, r.images) for t, r in zip(traces, reference)])),
+            "token_agreement": float(np.mean([agreement(t, r) for t, r in zip(traces, reference)])),
+            "pixel_psnr_db": float(np.mean([metrics.psnr(t.images, r.images) for t, r in zip(traces, reference)])),
             "class_accuracy": acc}
 
 
@@ -150,8 +182,6 @@ def load_quality_classifier(pair: Pair):
     if not all(f.is_file() for f in files):
         return None, "Class accuracy unavailable: the classifier (assets/classifier.*) is not in this checkout."
     try:
-        from .metrics import load_classifier
-
         clf = load_classifier(CLASSIFIER_STEM)
     except Exception as e:  # a damaged or incompatible file must not stop the sweep
         return None, f"Class accuracy unavailable: the classifier could not be loaded ({e})."

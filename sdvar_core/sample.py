@@ -113,27 +113,13 @@ def pair_num_classes(spec: str) -> int:
 def load_sample_pair(args, device: torch.device) -> Pair:
     """The pair named by --pair on `device`: the zoo's 'tiny' / 'official', or a folder of our safetensors."""
     from . import zoo
-    from .vqvae import load_vqvae
 
     if args.pair == "tiny":
         return zoo.load_pair("tiny", device=device)
     if args.pair == "official":
         return zoo.load_pair("official", draft_depth=args.draft_depth, target_depth=args.target_depth,
                              weights_dir=args.weights_dir, device=device)
-    folder = Path(args.pair)
-    return Pair(load_vqvae(folder / "vqvae", device), zoo.load_var(folder / "draft", device),
-                zoo.load_var(folder / "target", device), name=folder.name)
-
-
-def save_pair_folder(pair: Pair, folder) -> None:
-    """Write a pair as a --pair folder: vqvae/draft/target .json + .safetensors."""
-    from .vqvae import save_vqvae
-    from .zoo import save_var
-
-    folder = Path(folder)
-    save_vqvae(pair.vqvae, folder / "vqvae")
-    save_var(pair.draft, folder / "draft")
-    save_var(pair.target, folder / "target")
+    return zoo.load_pair_folder(args.pair, device)
 
 
 def job_labels(classes: list[int], per_class: int) -> np.ndarray:
@@ -239,7 +225,7 @@ def make_chunk(pair: Pair, args, settings: dict, out: Path, c: int, labels: np.n
     trace = result.trace
     for j, img in zip(indices, result.images):
         write_atomic(image_path(out, j), lambda f, img=img: Image.fromarray(img).save(f, format="PNG"))
-    tokens = np.concatenate([s.tokens for s in trace.scales], axis=1).astype(np.int16)   # (n, L)
+    tokens = trace.tokens.astype(np.int16)   # (n, L)
     accepted = np.stack([(s.status == ACCEPTED).sum(1) for s in trace.scales], axis=1)  # (n, K)
     lines = [{"index": j, "class": int(labels[j]), "chunk": c, "target_calls": trace.target_calls,
               "draft_calls": trace.draft_calls, "accepted_per_scale": accepted[i].tolist(),

@@ -111,6 +111,11 @@ class Trace:
     def draft_calls(self) -> int:
         return self.calls_of("draft")
 
+    @property
+    def tokens(self) -> np.ndarray:
+        """Final tokens of every scale side by side: (B, L), scale k at its layout positions."""
+        return np.concatenate([s.tokens for s in self.scales], axis=1)
+
     def acceptance_per_scale(self) -> list[float | None]:
         """Fraction of drafted tokens accepted as drafted, per scale (None where nothing was verified)."""
         out = []

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
+from .checkpoints import save_var, save_vqvae
 from .config import TINY_VQVAE
 from .runtime import autocast_for, best_precision, derived_seed, machine_name, resolve_device
-from .vqvae import VQVAE, save_vqvae
+from .vqvae import VQVAE
 
 # --- small reusable helpers ------------------------------------------------------------------
 
@@ -246,8 +247,7 @@ def train_var(args) -> dict:
     """Train a class-conditional VAR on the tokens of a trained VQ-VAE; write <out>.safetensors/.json."""
     from .config import VARConfig
     from .var import VAR
-    from .vqvae import load_vqvae
-    from .zoo import save_var
+    from .checkpoints import load_vqvae
 
     device = resolve_device(args.device)
     precision = precision_of(args, device)

@@ -10,7 +10,7 @@ import pytest
 
 import app
 from conftest import EXAMPLE_INPUTS, EXAMPLE_TITLE, build_random_pair
-from sdvar_core import explore, viz
+from sdvar_core import explore
 from sdvar_core.trace import Trace
 
 def settings(mode="speculative", **kw):
@@ -159,7 +159,7 @@ def test_run_config_and_sweep_row(random_pair):
     sched = explore.run_config(random_pair, cfgs[2], [0, 1], [0, 1, 2], base)
     row = explore.sweep_row(cfgs[2], sched, ref, [0, 1, 2], None)
     assert row["target_calls"] == 6 and row["draft_calls"] == 4
-    assert row["token_agreement"] == pytest.approx(np.mean([viz.token_agreement(s, r) for s, r in zip(sched, ref)]))
+    assert row["token_agreement"] == pytest.approx(np.mean([explore.agreement(s, r) for s, r in zip(sched, ref)]))
     assert row["config"] == "D→T, sd_mask 3, entry_num 4 (DDDDTTTTTT)"
 
 

@@ -10,7 +10,7 @@ import torch
 from sdvar_core import bench
 from sdvar_core.config import ScaleLayout, VQVAEConfig
 from sdvar_core.engine import generate
-from sdvar_core.metrics import Classifier, ClassifierConfig
+from sdvar_core.classifier import Classifier, ClassifierConfig
 
 L = ScaleLayout()
 K = L.num_scales

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from sdvar_core.checkpoints import load_classifier, save_classifier
+from sdvar_core.classifier import Classifier, ClassifierConfig, class_accuracy, features, predict, train_classifier
 from sdvar_core.data import make_batch
-from sdvar_core.metrics import (Classifier, ClassifierConfig, bootstrap_fid, class_accuracy, features, fid_tiny,
-                                frechet_distance, load_classifier, main, predict, psnr, save_classifier,
-                                train_classifier)
+from sdvar_core.metrics import bootstrap_fid, fid_tiny, frechet_distance, main, psnr
 
 SMALL = ClassifierConfig(image_size=32, widths=(16, 32, 64), depth=1)
 
@@ -146,7 +146,7 @@ def test_save_load_round_trip(tmp_path):
     assert info["steps"] == 0 and info["config"]["widths"] == [16, 32, 64]
     info["config"]["widths"] = [16, 32, 48]  # weights no longer fit: strict loading must refuse
     (tmp_path / "sub" / "clf.json").write_text(json.dumps(info))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="misshaped"):
         load_classifier(tmp_path / "sub" / "clf")
 
 

@@ -10,10 +10,14 @@ from PIL import Image
 
 from sdvar_core import masks, viz
 from sdvar_core.config import ScaleLayout
-from sdvar_core.engine import generate
-from sdvar_core.trace import ACCEPTED, CORRECTED, DRAFT, STATUS_NAMES, TARGET, TENSOR_MEANINGS
+from sdvar_core.trace import DRAFT, STATUS_NAMES, TARGET, TENSOR_MEANINGS
 
 LAYOUT = ScaleLayout()
+
+
+@pytest.fixture(scope="module")
+def runs(three_runs):
+    return three_runs
 
 
 def decode_mask_png(uri: str) -> np.ndarray:
@@ -21,17 +25,6 @@ def decode_mask_png(uri: str) -> np.ndarray:
     data = base64.b64decode(uri.split(",", 1)[1])
     rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     return rgb.astype(int).sum(axis=-1) < 3 * 160
-
-
-@pytest.fixture(scope="module")
-def runs(random_pair):
-    """A speculative run (exact rule, two images), its target-only twin and a schedule run."""
-    spec = generate(random_pair, "speculative", [2, 7], seed=3, gamma=3, accept="prob", lenience=1.0).trace
-    statuses = set(np.unique(np.concatenate([s.status.ravel() for s in spec.scales])))
-    assert statuses == {ACCEPTED, CORRECTED}, "the fixture should show both accepted and corrected tokens"
-    target = generate(random_pair, "target", [2, 7], seed=3, progressive=False).trace
-    sched = generate(random_pair, "schedule", [2, 7], seed=3, entry_num=4, sd_mask=1, progressive=False).trace
-    return {"spec": spec, "target": target, "schedule": sched}
 
 
 def heatmaps(fig):
@@ -125,25 +118,6 @@ def test_timeline_with_reference_lane(runs):
     bars = [t for t in fig.data if isinstance(t, go.Bar)]
     assert sum(len(b.x) for b in bars) == len(runs["spec"].calls) + len(runs["target"].calls)
     assert sum(len(b.x) for b in bars if b.y[0] == "target only") == len(runs["target"].calls) == 10
-
-
-def test_headline_numbers(runs):
-    h = viz.headline(runs["spec"], runs["target"])
-    assert h["target_calls"] == runs["spec"].target_calls
-    assert h["draft_calls"] == runs["spec"].draft_calls
-    assert h["target_only_calls"] == 10
-    assert h["speedup"] == pytest.approx(runs["target"].timings["total"] / runs["spec"].timings["total"])
-    accepted = sum(int((s.status == ACCEPTED).sum()) for s in runs["spec"].scales)
-    assert h["accepted_tokens"] == accepted
-    assert h["verified_tokens"] == 2 * 680
-    assert viz.headline(runs["target"])["speedup"] is None
-
-
-def test_token_agreement(runs):
-    assert viz.token_agreement(runs["target"], runs["target"]) == 1.0
-    a = viz.token_agreement(runs["spec"], runs["target"])
-    same = sum(int((x.tokens == y.tokens).sum()) for x, y in zip(runs["spec"].scales, runs["target"].scales))
-    assert a == same / (2 * 680)
 
 
 @pytest.mark.parametrize("rule", range(6))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sdvar_core.config import OFFICIAL_VQVAE, VQVAEConfig
-from sdvar_core.vqvae import VQVAE, load_vqvae, save_vqvae
+from sdvar_core.checkpoints import load_vqvae, save_vqvae
+from sdvar_core.vqvae import VQVAE
 
 # 32 px, latent 16 with the official 10 scales; attention on so that path runs too.
 MICRO = VQVAEConfig(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, use_attn=True,
