@@ -1,13 +1,15 @@
-"""What one click of the explorer runs, its headline numbers, sweeps over settings, and precomputed
-example bundles.
+"""What one click of the explorer runs, its headline numbers, sweeps over settings, precomputed
+example bundles, and the pairs the explorer offers.
 
-UI-free: the app wires these to widgets, `scripts/make_examples.py` uses them to precompute runs,
-and notebooks can call them directly.
+UI-free: the app (`ui/`) wires these to widgets, `scripts/make_examples.py` uses them to precompute
+runs, and notebooks can call them directly.
 """
 from __future__ import annotations
 
 import io
 import json
+import threading
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +19,115 @@ from .checkpoints import load_classifier
 from .classifier import class_accuracy
 from .config import CLASSIFIER_STEM
 from .data import CLASS_NAMES
-from .engine import Pair, generate
+from .engine import Pair, Settings, generate
 from .trace import ACCEPTED, Trace
 
 DIRECTIONS = {"D→T": "draft first, then target: 'D'·e + 'T'·(10−e)",
               "T→D": "target first, then draft: 'T'·e + 'D'·(10−e)"}
 MAX_SWEEP_CONFIGS, MAX_SWEEP_SEEDS = 64, 8
+
+# ---- the pairs on offer -----------------------------------------------------------------------
+
+MODELS = {"tiny": "Embedded toy pair (64 px, 10 shapes) — CPU, offline",
+          "d16-d20": "VAR d16 → d20 (ImageNet 256 px)",
+          "d16-d24": "VAR d16 → d24 (ImageNet 256 px)",
+          "d16-d30": "VAR d16 → d30 (ImageNet 256 px)"}
+OFFICIAL_DEPTHS = {"d16-d20": (16, 20), "d16-d24": (16, 24), "d16-d30": (16, 30)}
+
+
+def default_pair_loader(weights_dir: str | None = None):
+    """key → Pair: 'tiny' from assets/tiny, the official pairs from weights_dir / $SDVAR_WEIGHTS_DIR / the hub."""
+    def load(key: str) -> Pair:
+        from . import zoo
+
+        if key == "tiny":
+            return zoo.load_pair("tiny")
+        draft, target = OFFICIAL_DEPTHS[key]
+        return zoo.load_pair(draft_depth=draft, target_depth=target, weights_dir=weights_dir)
+    return load
+
+
+class PairBank:
+    """Loaded pairs, shared read-only by every session (models only; results live in the sessions).
+
+    Holds the embedded pair and at most one official pair: loading another official pair drops the
+    previous one (a d16 + d30 pair alone is about 9 GB in fp32).
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.pairs: dict[str, Pair] = {}
+        self.notes: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> Pair:
+        """The pair for `key`; ValueError with a clear message when it cannot be loaded.
+
+        If the embedded pair's weights are missing, an untrained pair with its shapes stands in
+        (noted in `notes`).
+        """
+        if key not in MODELS:
+            raise ValueError(f"unknown model {key!r}; choose one of {', '.join(MODELS)}")
+        with self.lock:
+            if key not in self.pairs:
+                if key != "tiny":
+                    for other in [k for k in self.pairs if k != "tiny"]:
+                        del self.pairs[other]
+                try:
+                    self.pairs[key] = self.loader(key)
+                except (ValueError, ImportError, OSError) as e:
+                    if key != "tiny":
+                        raise ValueError(f"{MODELS[key]} could not be loaded: {e}") from e
+                    from .zoo import random_pair
+
+                    self.pairs[key] = random_pair(name="tiny (random weights)")
+                    self.notes[key] = (f"The embedded weights could not be loaded ({e}); an untrained pair with "
+                                       "random weights stands in, so pictures are noise.")
+            return self.pairs[key]
+
+
+# ---- one click --------------------------------------------------------------------------------
+
+# Settings fields the Generate tab sets; the others keep their `Settings` defaults (entry_num and
+# schedule come from the tab's own inputs, `progressive` is chosen per run).
+CLICK_SETTINGS = tuple(f.name for f in fields(Settings)
+                       if f.name not in ("entry_num", "schedule", "verify_mask", "progressive"))
+# The Generate tab's inputs with their defaults (precomputed examples store them under these names):
+# the settings' defaults are `Settings()`'s; the rest are the tab's own.
+DEFAULT_INPUTS = dict(class_name=CLASS_NAMES[8], class_id=207, seed=0, mode="speculative", entry_num=4, schedule="",
+                      **{name: getattr(Settings(), name) for name in CLICK_SETTINGS})
+
+
+def click_settings(inputs: dict) -> dict:
+    """Settings for engine.generate from the Generate tab's values (keys of DEFAULT_INPUTS; missing ones
+    take the defaults), each cast to its `Settings` type. A schedule string, when given, wins over
+    entry_num. Validation is the engine's."""
+    v = {**DEFAULT_INPUTS, **inputs}
+    defaults = Settings()
+    s = {name: type(getattr(defaults, name))(v[name]) for name in CLICK_SETTINGS}
+    if v["mode"] == "schedule":
+        text = (v["schedule"] or "").strip().upper().replace(" ", "")
+        if text:
+            s["schedule"] = text
+        else:
+            s["entry_num"] = int(v["entry_num"])
+    return s
+
+
+def settings_of(trace: Trace) -> Settings:
+    """The `Settings` a trace was made with (fields missing from older traces take their defaults)."""
+    return Settings(**{f.name: trace.settings[f.name] for f in fields(Settings) if f.name in trace.settings})
+
+
+def class_index(pair: Pair, class_name, class_id) -> int:
+    """The class id from the name picker (pairs with names) or the number box (ImageNet ids)."""
+    if pair.class_names:
+        if class_name not in pair.class_names:
+            raise ValueError(f"unknown class {class_name!r}; choose one of {', '.join(pair.class_names)}")
+        return pair.class_names.index(class_name)
+    if class_id is None or float(class_id) != int(class_id) or not 0 <= int(class_id) < pair.num_classes:
+        raise ValueError(f"class id must be an integer in 0..{pair.num_classes - 1}, got {class_id}")
+    return int(class_id)
 
 
 def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, on_progress=None) -> dict:

@@ -61,6 +61,14 @@ def teacher_forced_logits(var, class_ids, tokens, vqvae) -> torch.Tensor:
     return var(torch.as_tensor(class_ids), vqvae.teacher_inputs(tokens))
 
 
+class Names:
+    """A stand-in for ui.common.View whose components are their names: the ui callbacks then return
+    {name: value}, so tests read their outputs by name without building the app."""
+
+    def __getattr__(self, name: str) -> str:
+        return name
+
+
 def free_port() -> int:
     import socket
 
@@ -76,13 +84,11 @@ EXAMPLE_TITLE = "test example: schedule entry_num 4, sd_mask 1"
 
 @pytest.fixture(scope="session")
 def examples_dir(tmp_path_factory, random_pair):
-    """A folder with one precomputed bundle made by the app's own run_click on the random pair."""
-    import app
-
+    """A folder with one precomputed bundle made by explore.run_click on the random pair."""
     folder = tmp_path_factory.mktemp("examples")
-    i = {**app.DEFAULT_INPUTS, **EXAMPLE_INPUTS}
-    runs = explore.run_click(random_pair, i["mode"], app.class_index(random_pair, i["class_name"], None), i["seed"],
-                             app.click_settings(i))
+    i = {**explore.DEFAULT_INPUTS, **EXAMPLE_INPUTS}
+    runs = explore.run_click(random_pair, i["mode"], explore.class_index(random_pair, i["class_name"], None), i["seed"],
+                             explore.click_settings(i))
     explore.save_bundle(folder / "01-test.npz", runs, i, EXAMPLE_TITLE)
     return folder
 
