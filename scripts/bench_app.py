@@ -21,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import app  # noqa: E402  (for the endpoint's inputs; the timed app runs in its own process)
+from sdvar_core.config import EXAMPLES_DIR  # noqa: E402
+from sdvar_core.explore import DEFAULT_INPUTS, list_bundles  # noqa: E402  (the timed app runs in its own process)
+from ui.common import named_outputs  # noqa: E402
 
 
 
@@ -74,23 +76,22 @@ def main(argv=None) -> None:
         for label, kw in cases:
             times = []
             for i in range(args.repeats + 1):   # the first click warms up and is reported separately
-                values = {**app.DEFAULT_INPUTS, **kw, "seed": 100 + i}
                 t = time.perf_counter()
-                out = client.predict(*(values[k] for k in app.INPUT_KEYS), api_name="/generate")
+                out = client.predict(api_name="/generate", **{**DEFAULT_INPUTS, **kw, "seed": 100 + i})
                 times.append(time.perf_counter() - t)
-                info = info or out[8]
+                info = info or named_outputs(client.config, "/generate", out)["summary"]
             rows.append((label + " (first click)", times[:1]))
             rows.append((label, times[1:]))
-        bundles = app.list_bundles(app.EXAMPLES_DIR)
+        bundles = list_bundles(EXAMPLES_DIR)
         if bundles:
             t = time.perf_counter()
-            client.predict(bundles[0][0], api_name="/load_example")
+            client.predict(api_name="/load_example", example=bundles[0][0])
             rows.append(("show a precomputed run (/load_example)", [time.perf_counter() - t]))
         t = time.perf_counter()
-        client.predict(3, api_name="/scale_view")
+        client.predict(api_name="/scale_view", scale=3)
         rows.append(("scrub one scale (/scale_view)", [time.perf_counter() - t]))
         t = time.perf_counter()
-        client.predict(1, 4, False, api_name="/mask_view")
+        client.predict(api_name="/mask_view", mask_rule=1, mask_entry=4, mask_full=False)
         rows.append(("mask view (/mask_view)", [time.perf_counter() - t]))
     finally:
         proc.terminate()

@@ -21,10 +21,13 @@ import numpy as np
 import torch
 
 from . import data, evaluate, metrics, sample
+from .checkpoints import load_classifier
+from .classifier import HELDOUT_SEED
+from .config import CLASSIFIER_STEM, TINY_DIR
 from .engine import Pair, Settings, generate
 from .runtime import machine_name, resolve_device
 from .trace import ACCEPTED, CORRECTED
-from .zoo import file_sha256
+from .zoo import file_sha256, load_pair_folder
 
 GRID_ROWS = 3            # images per class and source in grid.png
 GRID_ZOOM = 2            # nearest-neighbour upscaling of every tile
@@ -207,8 +210,8 @@ def write_markdown(path: Path, card: dict) -> None:
 def main(argv=None) -> dict:
     defaults = Settings()
     ap = argparse.ArgumentParser(prog="python -m sdvar_core.card", description=__doc__.split("\n")[0])
-    ap.add_argument("--folder", default="assets/tiny", help="the pair: vqvae/draft/target .json + .safetensors")
-    ap.add_argument("--classifier", default=str(evaluate.DEFAULT_CLASSIFIER), help="classifier path stem")
+    ap.add_argument("--folder", default=str(TINY_DIR), help="the pair: vqvae/draft/target .json + .safetensors")
+    ap.add_argument("--classifier", default=str(CLASSIFIER_STEM), help="classifier path stem")
     ap.add_argument("--work", default="out/tiny-card", help="sample folders go here (rerun resumes)")
     ap.add_argument("--per-class", type=int, default=100)
     ap.add_argument("--real", type=int, default=1000)
@@ -240,17 +243,17 @@ def main(argv=None) -> dict:
         with np.load(out / "samples.npz") as z:
             sample_sets[mode] = (z["arr_0"], z["labels"])
         print(mode, rows[mode], flush=True)
-    clf = metrics.load_classifier(args.classifier, device=str(device))
-    real, _ = data.make_batch(args.real, metrics.HELDOUT_SEED)
-    real2, _ = data.make_batch(args.real, metrics.HELDOUT_SEED - 1)
+    clf = load_classifier(args.classifier, device=str(device))
+    real, _ = data.make_batch(args.real, HELDOUT_SEED)
+    real2, _ = data.make_batch(args.real, HELDOUT_SEED - 1)
     noise_floor = round(metrics.fid_tiny(clf, real, real2), 3)
-    pair = sample.load_sample_pair(argparse.Namespace(pair=str(folder)), device)
+    pair = load_pair_folder(folder, device, class_names=list(data.CLASS_NAMES))
     t0 = time.perf_counter()
     spec = speculative_stats(pair, args.spec_samples, settings)
     spec["seconds"] = round(time.perf_counter() - t0, 1)
     classes = range(data.NUM_CLASSES)
     rows = min(GRID_ROWS, args.per_class)
-    grid_real = data.make_images(np.repeat(np.arange(data.NUM_CLASSES), rows), metrics.HELDOUT_SEED)
+    grid_real = data.make_images(np.repeat(np.arange(data.NUM_CLASSES), rows), HELDOUT_SEED)
     write_grid(folder / "grid.png", grid_real, *(first_per_class(*sample_sets[m], classes, rows)
                                                  for m in ("target", "draft")), data.CLASS_NAMES)
     files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in sorted(folder.glob("*.safetensors"))}

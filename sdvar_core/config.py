@@ -1,4 +1,4 @@
-"""Model-size dataclasses, presets and the scale layout.
+"""Model-size dataclasses, presets, the scale layout and where the shipped assets are.
 
 Knows nothing of torch modules: everything here is plain Python so masks, viz
 and the app can use the layout without building a model.
@@ -7,8 +7,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 OFFICIAL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+# What the repository ships: the embedded pair, the FID-tiny classifier, the app's precomputed runs.
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+TINY_DIR = ASSETS_DIR / "tiny"
+CLASSIFIER_STEM = ASSETS_DIR / "classifier"   # <stem>.json + <stem>.safetensors
+EXAMPLES_DIR = ASSETS_DIR / "examples"
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,11 @@ def official_var_config(depth: int, **overrides) -> VARConfig:
     kw = dict(depth=depth, width=64 * depth, heads=depth, name=f"var-d{depth}")
     kw.update(overrides)
     return VARConfig(**kw)
+
+
+def official_var_file(depth: int) -> str:
+    """File name of the official VAR-d{depth} checkpoint (FoundationVision/var on the hub)."""
+    return f"var_d{int(depth)}.pth"
 
 
 OFFICIAL_VQVAE = VQVAEConfig()

@@ -9,15 +9,20 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from . import masks
+from .runtime import PRECISIONS, autocast_for
 from .sampling import cfg_mix, check_sampling_args, guidance, probabilities, sample, smooth_weights
 from .trace import DRAFT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
 
 MODES = ("target", "draft", "schedule", "speculative")
+# The acceptance generator's seed is one step of Knuth's MMIX linear congruential generator applied to
+# the run's seed, so sampling and acceptance draw from unrelated streams.
+LCG_MULTIPLIER, LCG_INCREMENT = 6364136223846793005, 1442695040888963407
 
 
 @dataclass
@@ -40,8 +45,6 @@ class Pair:
                     f"{vq.vocab_size}, Cvae {c.z_channels} vs {vq.z_channels}, patch_nums {c.patch_nums} vs {vq.patch_nums}")
         if self.draft.cfg.num_classes != self.target.cfg.num_classes:
             raise ValueError("draft and target must have the same number of classes")
-        for m in (self.draft, self.target):
-            m.attach_vqvae(self.vqvae)
 
     @property
     def num_classes(self) -> int:
@@ -67,7 +70,7 @@ class Settings:
     accept: str = "prob"           # 'prob' (min(1, λp/q)) or 'top1' (draft token == argmax p)
     tau: float = 1.0               # a scale passes when its accepted fraction ≥ τ (1 = every token)
     lenience: float = 1.0          # λ ≥ 1; λ = 1 and τ = 1 with 'prob' is the exact (lossless) rule
-    keep_draft_rejected: bool = False  # relaxed: keep the draft's rejected tokens in passing scales (the seed's rule)
+    keep_draft_rejected: bool = False  # relaxed: keep the draft's rejected tokens in passing scales (original SDVAR code)
     verify_mask: int = 3           # attention rule of the target's verification forward
     precision: str = "fp32"        # 'fp32', or 'bf16'/'fp16' autocast on CUDA
     progressive: bool = True       # decode the picture after every scale for the trace
@@ -96,11 +99,12 @@ class Settings:
         if self.more_smooth and mode == "speculative":
             raise ValueError("more_smooth is not available in speculative mode: its f_hat depends on the "
                              "probabilities, not only the tokens, so verification would compare different inputs")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @property
     def exact(self) -> bool:
+        """The lossless speculative rule: the output has the target's distribution."""
         return self.accept == "prob" and self.tau == 1 and self.lenience == 1 and not self.keep_draft_rejected
 
     def schedule_string(self, mode: str, num_scales: int) -> str:
@@ -208,15 +212,15 @@ class Runner:
         if kind == "prefill" and rule == 0:
             self.cache.reset()
             self.cache_from = self.next_scale = k
-        first, kv_before, L = self.next_scale, len(self.cache), self.layout
+        first, kv_before, layout = self.next_scale, len(self.cache), self.layout
         current = first if current is None else current
         latents = [self.canvas.latent_input(j) for j in range(max(first, 1), k + 1)]
         latents = torch.cat(latents, dim=1) if latents else None
         mask = None
         if rule != 0 and (first < k or rule != 3):
             assert self.cache_from == 0, "masked windows need a cache that starts at position 0"
-            mask = masks.mask_matrix(rule, current, L, q_start=L.starts[first], q_end=L.ends[k],
-                                     k_end=L.ends[k]).to(self.model.device)
+            mask = masks.mask_matrix(rule, current, layout, q_start=layout.starts[first], q_end=layout.ends[k],
+                                     k_end=layout.ends[k]).to(self.model.device)
         t_start = self.rec.now()
         with self.autocast():
             x = self.model.embed_window(self.cond, first, latents)
@@ -228,8 +232,8 @@ class Runner:
         self.next_scale = k + 1
         out, offset = {}, 0
         for j in range(first, k + 1):
-            out[j] = logits[:, offset:offset + L.sizes[j]]
-            offset += L.sizes[j]
+            out[j] = logits[:, offset:offset + layout.sizes[j]]
+            offset += layout.sizes[j]
         self.rec.shape(k, self.name, "input", x)
         self.rec.shape(k, self.name, "kv_len", [len(self.cache)])
         return out
@@ -245,17 +249,16 @@ class Run:
         device = pair.target.device
         self.rec = Recorder(device)
         self.g_sample = torch.Generator(device=device).manual_seed(int(seed))
-        self.g_accept = torch.Generator(device=device).manual_seed((int(seed) * 6364136223846793005 + 1442695040888963407) % 2**63)
+        self.g_accept = torch.Generator(device=device).manual_seed((int(seed) * LCG_MULTIPLIER + LCG_INCREMENT) % 2**63)
         self.canvas = Canvas(pair.vqvae, len(class_ids), self.rec)
-        autocast = contextlib.nullcontext
-        if device.type == "cuda" and settings.precision != "fp32":
-            dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float16
-            autocast = lambda: torch.autocast("cuda", dtype=dtype)  # noqa: E731
+        # mixed precision on CUDA only; elsewhere the run stays in fp32 whatever `precision` says
+        autocast = autocast_for(device, settings.precision) if device.type == "cuda" else contextlib.nullcontext
         self.runners = {name: Runner(name, getattr(pair, name), class_ids, self.canvas, self.rec, autocast)
                         for name in ("draft", "target")}
         self.records: dict[int, ScaleRecord] = {}
         self.rounds = []
-        self.on_scale = None
+        self.on_scale = None         # progress callback, see generate
+        self.accept_override = None  # forced verdicts of drafted scales, see generate
 
     def distribution(self, logits: torch.Tensor, k: int, model: str) -> torch.Tensor:
         """(2B, n, V) logits of scale k → the filtered CFG distribution sampled from, (B, n, V)."""
@@ -296,11 +299,17 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None, **settings) -> Result:
+def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
+             accept_override: Callable[[int], bool] | None = None, **settings) -> Result:
     """Generate images with `pair` in `mode` ('target', 'draft', 'schedule', 'speculative').
 
     class_ids: int or sequence of B ints; settings: fields of `Settings`.
     on_scale(done, total): optional progress callback after each finalized scale.
+    accept_override(k) → bool (speculative mode; for benchmarks): the verdict on drafted scale k,
+    asked once per judged scale instead of the acceptance test's. True keeps every drafted token
+    of k for every sample; False rejects them all (the scale is finalized with the rule's
+    replacements and ends the round). The model calls are then those the engine makes for that
+    sequence of verdicts. The trace's settings say `forced_acceptance: True`.
     Returns Result(images (B, H, W, 3) uint8, trace).
     """
     unknown = set(settings) - set(Settings.__dataclass_fields__)
@@ -308,6 +317,8 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None, **s
         raise ValueError(f"unknown setting(s): {sorted(unknown)}")
     s = Settings(**settings)
     s.validate(mode, pair.layout.num_scales)
+    if accept_override is not None and mode != "speculative":
+        raise ValueError(f"accept_override applies to speculative mode only, not {mode!r}")
     if isinstance(class_ids, int):
         class_ids = [class_ids]
     class_ids = torch.as_tensor(list(class_ids), dtype=torch.long).view(-1)
@@ -318,7 +329,7 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None, **s
     class_ids = class_ids.to(pair.target.device)
 
     run = Run(pair, class_ids, seed, s)
-    run.on_scale = on_scale
+    run.on_scale, run.accept_override = on_scale, accept_override
     if mode == "speculative":
         from .speculative import run_speculative
         run_speculative(run)
@@ -337,6 +348,8 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None, **s
     settings_out = {"mode": mode, "seed": int(seed), "class_ids": class_ids.tolist(), "pair": pair.name, **asdict(s)}
     if mode != "speculative":
         settings_out["schedule_resolved"] = s.schedule_string(mode, run.K)
+    if accept_override is not None:
+        settings_out["forced_acceptance"] = True
     trace = Trace(settings=settings_out, patch_nums=list(pair.layout.patch_nums), scales=scales,
                   calls=run.rec.calls, shapes=run.rec.shapes, rounds=run.rounds,
                   timings={"total": t_total, "transformer": transformer, "decode": t_total - t_loop,

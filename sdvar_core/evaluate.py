@@ -20,57 +20,15 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from . import metrics
+from .checkpoints import load_classifier
+from .classifier import HELDOUT_SEED, class_accuracy, features
+from .config import CLASSIFIER_STEM
 from .data import NUM_CLASSES, make_images
 
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parent.parent / "assets" / "classifier"
 # Job fields two folders must share for their images to be compared one by one.
 SAME_SEEDS = ("seed", "classes", "per_class", "batch_size", "image_size")
-
-
-# ---- SSIM --------------------------------------------------------------------------------------
-
-
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Normalised 1-D Gaussian (size,), float64."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    w = torch.exp(-x * x / (2 * sigma * sigma))
-    return w / w.sum()
-
-
-def ssim(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5, batch_size: int = 64) -> np.ndarray:
-    """Per-image SSIM (Wang et al. 2004) of two uint8 image sets (N, H, W, 3). Returns (N,) float64.
-
-    Pixels scaled to [0, 1] (dynamic range L = 1), C1 = (0.01 L)², C2 = (0.03 L)². Local means,
-    variances and covariance use a separable Gaussian window (`window` px, std `sigma`) over the
-    'valid' positions only (no padding); the SSIM map is averaged over those positions and the
-    3 channels. Identical images give exactly 1.
-    """
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or b.dtype != np.uint8:
-        raise ValueError(f"ssim needs two uint8 arrays of one shape (N, H, W, 3), got {a.dtype} {a.shape} "
-                         f"and {b.dtype} {b.shape}")
-    if min(a.shape[1:3]) < window:
-        raise ValueError(f"images of {a.shape[1]}x{a.shape[2]} px are smaller than the {window}-px SSIM window")
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    g = gaussian_window(window, sigma)
-    gx, gy = g.view(1, 1, 1, -1).repeat(3, 1, 1, 1), g.view(1, 1, -1, 1).repeat(3, 1, 1, 1)
-
-    def blur(x):  # (n, 3, H, W) → (n, 3, H-window+1, W-window+1), each channel on its own
-        return F.conv2d(F.conv2d(x, gx, groups=3), gy, groups=3)
-
-    out = []
-    for i in range(0, len(a), batch_size):
-        x = torch.from_numpy(a[i:i + batch_size]).permute(0, 3, 1, 2).double() / 255
-        y = torch.from_numpy(b[i:i + batch_size]).permute(0, 3, 1, 2).double() / 255
-        mx, my = blur(x), blur(y)
-        vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        out.append(s.mean(dim=(1, 2, 3)))
-    return torch.cat(out).numpy()
 
 
 # ---- folders -------------------------------------------------------------------------------------
@@ -98,24 +56,12 @@ def load_folder(folder: Path) -> dict:
     return dict(images=images, labels=labels, tokens=tokens, patch_nums=patch_nums, job=job)
 
 
-def token_agreement(tokens_a: np.ndarray, tokens_b: np.ndarray, patch_nums) -> dict:
-    """Fraction of equal tokens per scale and over all L positions, for (N, L) token sets."""
-    ends = np.cumsum([p * p for p in patch_nums])
-    same = tokens_a == tokens_b
-    per_scale = [float(same[:, e - p * p:e].mean()) for p, e in zip(patch_nums, ends)]
-    return dict(per_scale=per_scale, all=float(same.mean()))
-
-
 def image_agreement(a: np.ndarray, b: np.ndarray, batch_size: int = 256) -> dict:
     """PSNR over all pixels (dB, inf when equal), mean per-image SSIM and the fraction of identical
     images, for two uint8 sets (N, H, W, 3); batched so that 50k 256-px images fit in memory."""
-    squared, identical = 0.0, 0
-    for i in range(0, len(a), batch_size):
-        d = a[i:i + batch_size].astype(np.float64) - b[i:i + batch_size]
-        squared += float((d * d).sum())
-        identical += int((d == 0).all(axis=(1, 2, 3)).sum())
-    mse = squared / a.size / 255 ** 2
-    return dict(psnr_db=math.inf if mse == 0 else 10 * math.log10(1 / mse), ssim=float(ssim(a, b).mean()),
+    identical = sum(int((a[i:i + batch_size] == b[i:i + batch_size]).all(axis=(1, 2, 3)).sum())
+                    for i in range(0, len(a), batch_size))
+    return dict(psnr_db=metrics.psnr(a, b, batch_size), ssim=float(metrics.ssim(a, b).mean()),
                 identical_images=identical / len(a))
 
 
@@ -131,7 +77,7 @@ def compare(run: dict, ref: dict, notes: list[str]) -> dict:
                              f"the same draws, so agreement would mean nothing")
     out = {}
     if run["tokens"] is not None and ref["tokens"] is not None:
-        out["token_agreement"] = token_agreement(run["tokens"], ref["tokens"], run["patch_nums"])
+        out["token_agreement"] = metrics.token_agreement(run["tokens"], ref["tokens"], run["patch_nums"])
     else:
         notes.append("token agreement skipped: tokens.npz missing in the folder or the reference")
     out.update(image_agreement(run["images"], ref["images"]))
@@ -148,14 +94,11 @@ def classifier_metrics(run: dict, classifier, n_real: int, real_seed: int, n_boo
     classes = np.unique(labels)
     real_labels = classes[np.arange(n_real) % len(classes)]   # balanced over the folder's classes
     real = make_images(real_labels, real_seed, images.shape[1])
-    f_real, f_fake = metrics.features(classifier, real), metrics.features(classifier, images)
-    real_stats = metrics.gaussian_stats(f_real)
-    rng = np.random.default_rng(0)
-    resamples = (f_fake[rng.integers(0, len(f_fake), len(f_fake))] for _ in range(n_boot))
-    boot = [metrics.frechet_distance(*real_stats, *metrics.gaussian_stats(f)) for f in resamples]
-    return dict(class_accuracy=metrics.class_accuracy(classifier, images, labels),
-                fid_tiny=metrics.frechet_distance(*real_stats, *metrics.gaussian_stats(f_fake)),
-                fid_tiny_ci95=[float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+    f_real, f_fake = features(classifier, real), features(classifier, images)
+    _, lo, hi = metrics.bootstrap_interval(f_real, f_fake, n_boot)
+    return dict(class_accuracy=class_accuracy(classifier, images, labels),
+                fid_tiny=metrics.fid_from_features(f_real, f_fake),
+                fid_tiny_ci95=[lo, hi],
                 fid_boot=n_boot, real_images=n_real, real_seed=real_seed)
 
 
@@ -193,7 +136,7 @@ def table(result: dict) -> str:
 
 
 def evaluate(folder, reference=None, classifier_path=None, n_real: int = 2000,
-             real_seed: int = metrics.HELDOUT_SEED, n_boot: int = 20) -> dict:
+             real_seed: int = HELDOUT_SEED, n_boot: int = 20) -> dict:
     """Every metric that applies to `folder` (see the module doc); writes FOLDER/eval.json and returns it.
 
     classifier_path None: assets/classifier if it exists (skipped with a note otherwise).
@@ -207,14 +150,14 @@ def evaluate(folder, reference=None, classifier_path=None, n_real: int = 2000,
     if reference is not None:   # first: a mismatched reference fails before the slower metrics
         result["reference"] = dict(folder=str(reference), **compare(run, load_folder(Path(reference)), notes))
     explicit = classifier_path is not None
-    stem = Path(classifier_path) if explicit else DEFAULT_CLASSIFIER
+    stem = Path(classifier_path) if explicit else CLASSIFIER_STEM
     if not Path(f"{stem}.json").is_file():
         if explicit:
             raise ValueError(f"classifier not found: {stem}.json")
         notes.append(f"no classifier at {stem} (train one: python -m sdvar_core.metrics train): "
                      f"accuracy and FID-tiny skipped")
     else:
-        classifier = metrics.load_classifier(stem)
+        classifier = load_classifier(stem)
         size, n_cls = classifier.config.image_size, min(classifier.config.num_classes, NUM_CLASSES)
         if images.shape[1:3] != (size, size) or labels.min() < 0 or labels.max() >= n_cls:
             notes.append(f"accuracy and FID-tiny skipped: the classifier takes {size}-px images of {n_cls} "
@@ -231,7 +174,7 @@ def main(argv=None) -> None:
     p.add_argument("--reference", default=None, help="a folder made with the same seeds, e.g. target-only")
     p.add_argument("--classifier", default=None, help="classifier path stem (default: assets/classifier)")
     p.add_argument("--real", type=int, default=2000, help="real procedural images for FID-tiny")
-    p.add_argument("--real-seed", type=int, default=metrics.HELDOUT_SEED, help="seed of the real images")
+    p.add_argument("--real-seed", type=int, default=HELDOUT_SEED, help="seed of the real images")
     p.add_argument("--boot", type=int, default=20, help="bootstrap resamples for the FID interval")
     args = p.parse_args(argv)
     if args.real < 2:

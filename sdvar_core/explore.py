@@ -1,25 +1,133 @@
-"""What one click of the explorer runs, sweeps over settings, and precomputed example bundles.
+"""What one click of the explorer runs, its headline numbers, sweeps over settings, precomputed
+example bundles, and the pairs the explorer offers.
 
-UI-free: the app wires these to widgets, `scripts/make_examples.py` uses them to precompute runs,
-and notebooks can call them directly.
+UI-free: the app (`ui/`) wires these to widgets, `scripts/make_examples.py` uses them to precompute
+runs, and notebooks can call them directly.
 """
 from __future__ import annotations
 
 import io
 import json
+import threading
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
-from . import viz
+from . import metrics
+from .checkpoints import load_classifier
+from .classifier import class_accuracy
+from .config import CLASSIFIER_STEM
 from .data import CLASS_NAMES
-from .engine import Pair, generate
-from .trace import Trace
+from .engine import Pair, Settings, generate
+from .trace import ACCEPTED, Trace
 
 DIRECTIONS = {"D→T": "draft first, then target: 'D'·e + 'T'·(10−e)",
               "T→D": "target first, then draft: 'T'·e + 'D'·(10−e)"}
 MAX_SWEEP_CONFIGS, MAX_SWEEP_SEEDS = 64, 8
-CLASSIFIER_STEM = Path(__file__).resolve().parent.parent / "assets" / "classifier"
+
+# ---- the pairs on offer -----------------------------------------------------------------------
+
+MODELS = {"tiny": "Embedded toy pair (64 px, 10 shapes) — CPU, offline",
+          "d16-d20": "VAR d16 → d20 (ImageNet 256 px)",
+          "d16-d24": "VAR d16 → d24 (ImageNet 256 px)",
+          "d16-d30": "VAR d16 → d30 (ImageNet 256 px)"}
+OFFICIAL_DEPTHS = {"d16-d20": (16, 20), "d16-d24": (16, 24), "d16-d30": (16, 30)}
+
+
+def default_pair_loader(weights_dir: str | None = None):
+    """key → Pair: 'tiny' from assets/tiny, the official pairs from weights_dir / $SDVAR_WEIGHTS_DIR / the hub."""
+    def load(key: str) -> Pair:
+        from . import zoo
+
+        if key == "tiny":
+            return zoo.load_pair("tiny")
+        draft, target = OFFICIAL_DEPTHS[key]
+        return zoo.load_pair(draft_depth=draft, target_depth=target, weights_dir=weights_dir)
+    return load
+
+
+class PairBank:
+    """Loaded pairs, shared read-only by every session (models only; results live in the sessions).
+
+    Holds the embedded pair and at most one official pair: loading another official pair drops the
+    previous one (a d16 + d30 pair alone is about 9 GB in fp32).
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.pairs: dict[str, Pair] = {}
+        self.notes: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> Pair:
+        """The pair for `key`; ValueError with a clear message when it cannot be loaded.
+
+        If the embedded pair's weights are missing, an untrained pair with its shapes stands in
+        (noted in `notes`).
+        """
+        if key not in MODELS:
+            raise ValueError(f"unknown model {key!r}; choose one of {', '.join(MODELS)}")
+        with self.lock:
+            if key not in self.pairs:
+                if key != "tiny":
+                    for other in [k for k in self.pairs if k != "tiny"]:
+                        del self.pairs[other]
+                try:
+                    self.pairs[key] = self.loader(key)
+                except (ValueError, ImportError, OSError) as e:
+                    if key != "tiny":
+                        raise ValueError(f"{MODELS[key]} could not be loaded: {e}") from e
+                    from .zoo import random_pair
+
+                    self.pairs[key] = random_pair(name="tiny (random weights)")
+                    self.notes[key] = (f"The embedded weights could not be loaded ({e}); an untrained pair with "
+                                       "random weights stands in, so pictures are noise.")
+            return self.pairs[key]
+
+
+# ---- one click --------------------------------------------------------------------------------
+
+# Settings fields the Generate tab sets; the others keep their `Settings` defaults (entry_num and
+# schedule come from the tab's own inputs, `progressive` is chosen per run).
+CLICK_SETTINGS = tuple(f.name for f in fields(Settings)
+                       if f.name not in ("entry_num", "schedule", "verify_mask", "progressive"))
+# The Generate tab's inputs with their defaults (precomputed examples store them under these names):
+# the settings' defaults are `Settings()`'s; the rest are the tab's own.
+DEFAULT_INPUTS = dict(class_name=CLASS_NAMES[8], class_id=207, seed=0, mode="speculative", entry_num=4, schedule="",
+                      **{name: getattr(Settings(), name) for name in CLICK_SETTINGS})
+
+
+def click_settings(inputs: dict) -> dict:
+    """Settings for engine.generate from the Generate tab's values (keys of DEFAULT_INPUTS; missing ones
+    take the defaults), each cast to its `Settings` type. A schedule string, when given, wins over
+    entry_num. Validation is the engine's."""
+    v = {**DEFAULT_INPUTS, **inputs}
+    defaults = Settings()
+    s = {name: type(getattr(defaults, name))(v[name]) for name in CLICK_SETTINGS}
+    if v["mode"] == "schedule":
+        text = (v["schedule"] or "").strip().upper().replace(" ", "")
+        if text:
+            s["schedule"] = text
+        else:
+            s["entry_num"] = int(v["entry_num"])
+    return s
+
+
+def settings_of(trace: Trace) -> Settings:
+    """The `Settings` a trace was made with (fields missing from older traces take their defaults)."""
+    return Settings(**{f.name: trace.settings[f.name] for f in fields(Settings) if f.name in trace.settings})
+
+
+def class_index(pair: Pair, class_name, class_id) -> int:
+    """The class id from the name picker (pairs with names) or the number box (ImageNet ids)."""
+    if pair.class_names:
+        if class_name not in pair.class_names:
+            raise ValueError(f"unknown class {class_name!r}; choose one of {', '.join(pair.class_names)}")
+        return pair.class_names.index(class_name)
+    if class_id is None or float(class_id) != int(class_id) or not 0 <= int(class_id) < pair.num_classes:
+        raise ValueError(f"class id must be an integer in 0..{pair.num_classes - 1}, got {class_id}")
+    return int(class_id)
 
 
 def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, on_progress=None) -> dict:
@@ -44,6 +152,37 @@ def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, o
     runs.setdefault("target", runs["main"])
     runs.setdefault("draft", runs["main"])
     return runs
+
+
+def headline(main: Trace, target_only: Trace | None = None, draft_only: Trace | None = None) -> dict:
+    """The numbers at the top of the page, all from runs of the same click.
+
+    wall_s is the run's generation time (the transformer loop plus the final decode, without the
+    per-scale preview decodes). speedup = target-only wall time / this run's wall time;
+    token_agreement: the fraction of final tokens equal to the target-only run's.
+    """
+    drafted = [s for s in main.scales if s.producer == "draft+target"]
+    out = {"target_calls": main.target_calls, "draft_calls": main.draft_calls,
+           "wall_s": float(main.timings["total"]),
+           "accepted_tokens": int(sum((s.status == ACCEPTED).sum() for s in drafted)),
+           "verified_tokens": int(sum(s.status.size for s in drafted)),
+           "target_only_wall_s": None, "target_only_calls": None, "speedup": None,
+           "draft_only_wall_s": None, "token_agreement": None}
+    if target_only is not None:
+        out["target_only_wall_s"] = float(target_only.timings["total"])
+        out["target_only_calls"] = target_only.target_calls
+        out["speedup"] = out["target_only_wall_s"] / max(out["wall_s"], 1e-9)
+        out["token_agreement"] = agreement(main, target_only)
+    if draft_only is not None:
+        out["draft_only_wall_s"] = float(draft_only.timings["total"])
+    return out
+
+
+def agreement(a: Trace, b: Trace) -> float:
+    """Fraction of all final tokens (every scale, every sample) that are equal in two runs."""
+    if list(a.patch_nums) != list(b.patch_nums):
+        raise ValueError("the two runs have different layouts")
+    return metrics.token_agreement(a.tokens, b.tokens, a.patch_nums)["all"]
 
 
 def sweep_configs(kind: str, entry_nums, directions, sd_masks, gammas, taus, num_scales: int = 10) -> list[dict]:
@@ -122,8 +261,6 @@ def run_config(pair: Pair, config: dict, seeds: list[int], class_ids: list[int],
 
 def sweep_row(config: dict, traces: list[Trace], reference: list[Trace], class_ids, classifier) -> dict:
     """Measured numbers of one sweep entry against the target-only runs of the same seeds."""
-    from .metrics import class_accuracy, psnr
-
     wall = float(np.mean([t.timings["total"] for t in traces]))
     ref_wall = float(np.mean([t.timings["total"] for t in reference]))
     images = np.concatenate([t.images for t in traces])
@@ -137,8 +274,8 @@ def sweep_row(config: dict, traces: list[Trace], reference: list[Trace], class_i
             "target_calls": float(np.mean([t.target_calls for t in traces])),
             "draft_calls": float(np.mean([t.draft_calls for t in traces])),
             "wall_s": wall, "speedup": ref_wall / max(wall, 1e-9),
-            "token_agreement": float(np.mean([viz.token_agreement(t, r) for t, r in zip(traces, reference)])),
-            "pixel_psnr_db": float(np.mean([psnr(t.images, r.images) for t, r in zip(traces, reference)])),
+            "token_agreement": float(np.mean([agreement(t, r) for t, r in zip(traces, reference)])),
+            "pixel_psnr_db": float(np.mean([metrics.psnr(t.images, r.images) for t, r in zip(traces, reference)])),
             "class_accuracy": acc}
 
 
@@ -150,8 +287,6 @@ def load_quality_classifier(pair: Pair):
     if not all(f.is_file() for f in files):
         return None, "Class accuracy unavailable: the classifier (assets/classifier.*) is not in this checkout."
     try:
-        from .metrics import load_classifier
-
         clf = load_classifier(CLASSIFIER_STEM)
     except Exception as e:  # a damaged or incompatible file must not stop the sweep
         return None, f"Class accuracy unavailable: the classifier could not be loaded ({e})."

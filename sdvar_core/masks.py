@@ -8,8 +8,8 @@ The rule says which keys each of those queries may attend to. Scales after
 (block-causal) attention; windows that reach past end_current show that.
 
 Notation: sq / sk = scale of the query / key position, c = current.
-The rules are the ones the seed *code* implements (sdvar-seed-analysis.md §3.2);
-where the seed's docstrings say otherwise, they are wrong.
+The rules are the ones the original SDVAR code implements (sdvar-seed-analysis.md §3.2);
+where that code's docstrings say otherwise, they are wrong.
 
     rule  prefix rows (sq < c)      current rows (sq == c)   rows after (sq > c)
     0     nothing (not fed)         sk == c                  c <= sk <= sq
@@ -171,37 +171,6 @@ def mask_matrix(rule: int, current: int, layout: ScaleLayout = ScaleLayout(),
     if not 1 <= k_end <= L:
         raise ValueError(f"k_end must be in 1..{L}, got {k_end}")
     return allowed(rule, layout, c, range(q_start, q_end), range(k_end))
-
-
-def native_block_causal(layout: ScaleLayout = ScaleLayout()) -> torch.Tensor:
-    """VAR's training mask over the full sequence (rule 3), BoolTensor (L, L)."""
-    return mask_matrix(3, layout.num_scales - 1, layout, q_end=layout.total)
-
-
-def _check_mask(mask: torch.Tensor) -> None:
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.ndim != 2:
-        raise ValueError("mask must be a 2-D bool tensor (Lq, Lk)")
-
-
-def attn_bias(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Additive attention bias from a bool mask (Lq, Lk): 0 where allowed, -inf where not.
-
-    Returns (1, 1, Lq, Lk) of `dtype` on the mask's device, for
-    F.scaled_dot_product_attention(attn_mask=...). Match q's dtype.
-    A row with no allowed key gives NaN attention; rule 0's prefix rows are such rows,
-    which is why rule 0 never feeds the prefix.
-    """
-    _check_mask(mask)
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    return bias.masked_fill_(~mask, float("-inf"))[None, None]
-
-
-def attn_mask_bool(mask: torch.Tensor) -> torch.Tensor:
-    """The bool mask shaped (1, 1, Lq, Lk) for SDPA's boolean attn_mask (True = attend)."""
-    _check_mask(mask)
-    return mask[None, None]
 
 
 def pair_counts(rule: int, current: int, layout: ScaleLayout = ScaleLayout(),

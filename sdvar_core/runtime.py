@@ -1,4 +1,4 @@
-"""Where and how things run: device choice, mixed precision, a name for the machine.
+"""Where and how things run: device choice, mixed precision, a name for the machine, derived seeds.
 
 One home for these helpers; the engine, training, sampling, benchmarks and the app all use them.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}   # of each precision
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -66,8 +67,7 @@ def autocast_for(device: torch.device, precision: str):
     check_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    return lambda: torch.autocast(device.type, dtype=DTYPES[precision])
 
 
 def machine_name(device: torch.device) -> str:
@@ -84,3 +84,11 @@ def machine_name(device: torch.device) -> str:
                 break
     return (f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} intra-op thread(s)")
+
+
+SEED_STRIDE = 1_000_003   # seed·stride + index differs for every (seed, index) with 0 <= index < stride
+
+
+def derived_seed(seed: int, index: int) -> int:
+    """The seed of part `index` (a sampling chunk, a training step) of a job seeded `seed`."""
+    return int(seed) * SEED_STRIDE + int(index)

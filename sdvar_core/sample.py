@@ -5,11 +5,11 @@
 
 Image j of a job (j = position of its class in --classes × per-class + i) is made in chunk
 c = j // batch_size, one `generate` call over that chunk's indices with seed
-seed·1_000_003 + c. Chunks go round-robin to the processes that torchrun starts (RANK /
-WORLD_SIZE in the environment; gloo on CPU, NCCL on GPUs, one process per GPU), so any
-number of processes gives the same images as one. Image j depends on the seed, the batch
-size and the classes of its chunk (a chunk's images share one generator and, in speculative
-mode, one round structure), all fixed by the job and j.
+runtime.derived_seed(seed, c) = seed·1_000_003 + c. Chunks go round-robin to the processes
+that torchrun starts (RANK / WORLD_SIZE in the environment; gloo on CPU, NCCL on GPUs, one
+process per GPU), so any number of processes gives the same images as one. Image j depends
+on the seed, the batch size and the classes of its chunk (a chunk's images share one
+generator and, in speculative mode, one round structure), all fixed by the job and j.
 
 Folder layout:
     images/{j:06d}.png    one picture per index
@@ -49,9 +49,9 @@ from tqdm import tqdm
 
 from .data import CLASS_NAMES
 from .engine import MODES, Pair, Settings, generate
+from .runtime import derived_seed, resolve_device
 from .trace import ACCEPTED
 
-CHUNK_SEED_MUL = 1_000_003
 OFFICIAL_NUM_CLASSES = 1000
 NUM_SCALES = 10
 
@@ -113,27 +113,13 @@ def pair_num_classes(spec: str) -> int:
 def load_sample_pair(args, device: torch.device) -> Pair:
     """The pair named by --pair on `device`: the zoo's 'tiny' / 'official', or a folder of our safetensors."""
     from . import zoo
-    from .vqvae import load_vqvae
 
     if args.pair == "tiny":
         return zoo.load_pair("tiny", device=device)
     if args.pair == "official":
         return zoo.load_pair("official", draft_depth=args.draft_depth, target_depth=args.target_depth,
                              weights_dir=args.weights_dir, device=device)
-    folder = Path(args.pair)
-    return Pair(load_vqvae(folder / "vqvae", device), zoo.load_var(folder / "draft", device),
-                zoo.load_var(folder / "target", device), name=folder.name)
-
-
-def save_pair_folder(pair: Pair, folder) -> None:
-    """Write a pair as a --pair folder: vqvae/draft/target .json + .safetensors."""
-    from .vqvae import save_vqvae
-    from .zoo import save_var
-
-    folder = Path(folder)
-    save_vqvae(pair.vqvae, folder / "vqvae")
-    save_var(pair.draft, folder / "draft")
-    save_var(pair.target, folder / "target")
+    return zoo.load_pair_folder(args.pair, device)
 
 
 def job_labels(classes: list[int], per_class: int) -> np.ndarray:
@@ -144,10 +130,6 @@ def job_labels(classes: list[int], per_class: int) -> np.ndarray:
 def chunk_indices(chunk: int, batch_size: int, total: int) -> range:
     """Global image indices of a chunk."""
     return range(chunk * batch_size, min((chunk + 1) * batch_size, total))
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    return seed * CHUNK_SEED_MUL + chunk
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -237,13 +219,13 @@ def make_chunk(pair: Pair, args, settings: dict, out: Path, c: int, labels: np.n
     """Generate chunk c, write its PNGs then its chunks/ file; returns its stats lines."""
     indices = chunk_indices(c, args.batch_size, len(labels))
     t0 = time.perf_counter()
-    result = generate(pair, args.mode, labels[indices.start:indices.stop].tolist(), chunk_seed(args.seed, c),
+    result = generate(pair, args.mode, labels[indices.start:indices.stop].tolist(), derived_seed(args.seed, c),
                       progressive=False, **settings)
     seconds = time.perf_counter() - t0
     trace = result.trace
     for j, img in zip(indices, result.images):
         write_atomic(image_path(out, j), lambda f, img=img: Image.fromarray(img).save(f, format="PNG"))
-    tokens = np.concatenate([s.tokens for s in trace.scales], axis=1).astype(np.int16)   # (n, L)
+    tokens = trace.tokens.astype(np.int16)   # (n, L)
     accepted = np.stack([(s.status == ACCEPTED).sum(1) for s in trace.scales], axis=1)  # (n, K)
     lines = [{"index": j, "class": int(labels[j]), "chunk": c, "target_calls": trace.target_calls,
               "draft_calls": trace.draft_calls, "accepted_per_scale": accepted[i].tolist(),
@@ -307,10 +289,10 @@ def check_args(parser: argparse.ArgumentParser, args) -> tuple[dict, list[int]]:
         parser.error(f"--max-chunks must be >= 1, got {args.max_chunks}")
     if args.pair != "official" and (args.draft_depth, args.target_depth, args.weights_dir) != (None, None, None):
         parser.error("--draft-depth/--target-depth/--weights-dir apply to --pair official only")
-    if args.device not in ("auto", "cpu", "cuda"):
-        parser.error(f"--device must be 'auto', 'cpu' or 'cuda', got {args.device!r}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda, but CUDA is not available")
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        parser.error(f"--device: {e}")
     return settings, classes
 
 
@@ -318,7 +300,7 @@ def distributed_setup(device_arg: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; initialises the process group when world > 1."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device_arg).type == "cuda"
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
         if local >= torch.cuda.device_count():

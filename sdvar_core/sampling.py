@@ -103,7 +103,7 @@ def accept_tokens(rule: str, p: torch.Tensor, q: torch.Tensor, draft: torch.Tens
 
     p, q (B, n, V): target and draft distributions actually sampled from; draft (B, n).
     rule 'prob': accept with probability min(1, λ·p(x)/q(x)) (λ = lenience; λ = 1 is lossless);
-    rule 'top1': accept iff the draft token is the target's argmax (the seed's rule).
+    rule 'top1': accept iff the draft token is the target's argmax (the original SDVAR code's rule).
     Returns (accepted bool (B, n), tokens (B, n)): the draft token where accepted, else a
     replacement drawn from normalize(max(0, p − q)) for 'prob' (the exact correction) or from p
     for 'top1'. Generator use: one uniform per token ('prob'), one draw per rejected token.

@@ -56,6 +56,8 @@ def judge(run, drafted, q, x, logits):
     for k in drafted:
         p = run.distribution(logits[k], k, "target")
         accepted, replacement = accept_tokens(s.accept, p, q[k], x[k], run.g_accept, s.lenience)
+        if run.accept_override is not None:                                  # a forced verdict (benchmarks)
+            accepted = torch.full_like(accepted, bool(run.accept_override(k)))
         passes = accepted.float().mean(dim=1) >= s.tau                       # (B,)
         keep = accepted | (passes[:, None] & s.keep_draft_rejected)
         tokens = torch.where(keep, x[k], replacement)

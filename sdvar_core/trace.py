@@ -84,9 +84,6 @@ class ScaleRecord:
     stale: bool = False                   # judged against a stale condition (relaxed mode)
     image: np.ndarray | None = None       # (B, H, W, 3) uint8: the picture after this scale
 
-    def counts(self) -> dict[str, int]:
-        return {STATUS_NAMES[c]: int((self.status == c).sum()) for c in STATUS_NAMES}
-
 
 _ARRAY_FIELDS = ("tokens", "status", "draft_tokens", "p_draft", "q_draft", "image")
 
@@ -114,8 +111,10 @@ class Trace:
     def draft_calls(self) -> int:
         return self.calls_of("draft")
 
-    def model_seconds(self, model: str | None = None) -> float:
-        return sum(c.seconds for c in self.calls if model is None or c.model == model)
+    @property
+    def tokens(self) -> np.ndarray:
+        """Final tokens of every scale side by side: (B, L), scale k at its layout positions."""
+        return np.concatenate([s.tokens for s in self.scales], axis=1)
 
     def acceptance_per_scale(self) -> list[float | None]:
         """Fraction of drafted tokens accepted as drafted, per scale (None where nothing was verified)."""
@@ -124,9 +123,6 @@ class Trace:
             verified = s.draft_tokens is not None and s.producer == "draft+target"
             out.append(float((s.status == ACCEPTED).mean()) if verified else None)
         return out
-
-    def shape_table(self) -> list[dict]:
-        return [asdict(r) for r in self.shapes]
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path) -> None:

@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
-from .config import TINY_VQVAE
-from .runtime import autocast_for, best_precision, machine_name, resolve_device
-from .vqvae import VQVAE, save_vqvae
+from .checkpoints import save_var, save_vqvae
+from .config import CLASSIFIER_STEM, TINY_DIR, TINY_VQVAE
+from .runtime import autocast_for, best_precision, derived_seed, machine_name, resolve_device
+from .vqvae import VQVAE
 
 # --- small reusable helpers ------------------------------------------------------------------
 
@@ -209,7 +210,7 @@ def train_vqvae(args) -> dict:
         if pool is None:
             x = train_images(step, args.batch_size, args.seed, cfg.image_size).to(device)
         else:
-            g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            g = torch.Generator().manual_seed(derived_seed(args.seed, step))
             x = pool[torch.randint(0, len(pool), (args.batch_size,), generator=g).to(device)]
         with autocast():
             return model(x)[1]
@@ -254,8 +255,7 @@ def train_var(args) -> dict:
     """Train a class-conditional VAR on the tokens of a trained VQ-VAE; write <out>.safetensors/.json."""
     from .config import VARConfig
     from .var import VAR
-    from .vqvae import load_vqvae
-    from .zoo import save_var
+    from .checkpoints import load_vqvae
 
     device = resolve_device(args.device)
     precision = precision_of(args, device)
@@ -281,7 +281,7 @@ def train_var(args) -> dict:
     autocast = autocast_for(device, precision)
 
     def loss_fn(step):
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(derived_seed(args.seed, step))
         idx = torch.randint(0, len(tokens), (args.batch_size,), generator=g).to(device)
         return {"loss": var_loss(model, vqvae, tokens[idx], labels[idx], autocast)}
 
@@ -431,8 +431,8 @@ def main(argv=None) -> None:
     p.add_argument("--cond-drop", type=float, default=0.1, help="class dropout rate (enables CFG)")
     p = sub.add_parser("all", help="train the whole embedded pair (classifier, VQ-VAE, target, draft) and write its card")
     p.add_argument("--work", default="out/tiny-work", help="folder for checkpoints, token cache and stage outputs")
-    p.add_argument("--out", default="assets/tiny", help="where the finished pair and its card go")
-    p.add_argument("--classifier", default="assets/classifier", help="where the classifier goes (path stem)")
+    p.add_argument("--out", default=str(TINY_DIR), help="where the finished pair and its card go")
+    p.add_argument("--classifier", default=str(CLASSIFIER_STEM), help="where the classifier goes (path stem)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda'")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")

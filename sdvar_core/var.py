@@ -161,7 +161,7 @@ class VAR(nn.Module):
         self.head = nn.Linear(C, cfg.vocab_size)
         lvl = torch.tensor(layout.scale_of_position).view(1, L)
         self.register_buffer("lvl_1L", lvl)
-        causal = lvl.view(L, 1) >= lvl.view(1, L)
+        causal = lvl.view(L, 1) >= lvl.view(1, L)   # sd_mask rule 3 over the whole sequence (tested)
         self.register_buffer("attn_bias_for_masking",
                              torch.zeros(L, L).masked_fill(~causal, float("-inf")).view(1, 1, L, L))
         self.init_weights()
@@ -236,33 +236,7 @@ class VAR(nn.Module):
         L = x.shape[1]
         return self.forward_window(x, cond, None, self.attn_bias_for_masking[0, 0, :L, :L])
 
-    @torch.no_grad()
-    def teacher_forced_logits(self, class_ids: torch.Tensor, tokens: list[torch.Tensor], vqvae=None) -> torch.Tensor:
-        """Block-causal forward over given tokens: no CFG, no class dropout.
-
-        class_ids (B,); tokens: list of K LongTensors (B, pn_k²) → logits (B, L, V).
-        Uses the attached VQ-VAE (see `attach_vqvae`) unless one is passed.
-        """
-        vqvae = vqvae or self.vqvae
-        if len(tokens) != self.cfg.layout.num_scales:
-            raise ValueError(f"expected {self.cfg.layout.num_scales} token maps, got {len(tokens)}")
-        cond = self.condition(class_ids, cfg_rows=False)
-        x = self.embed_window(cond, 0, vqvae.teacher_inputs(tokens))
-        L = x.shape[1]
-        return self.forward_window(x, cond, None, self.attn_bias_for_masking[0, 0, :L, :L])
-
     # ---- plumbing ------------------------------------------------------------------------
-    def attach_vqvae(self, vqvae) -> "VAR":
-        """Link the tokenizer without registering it (the VAR state dict holds no VAE weights)."""
-        self._vqvae = (vqvae,)
-        return self
-
-    @property
-    def vqvae(self):
-        if not hasattr(self, "_vqvae"):
-            raise ValueError("no VQ-VAE attached to this VAR; call attach_vqvae(vqvae) or pass one")
-        return self._vqvae[0]
-
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.depth)
 

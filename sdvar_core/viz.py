@@ -75,7 +75,7 @@ def _check_sample(trace: Trace, sample: int) -> int:
     return int(sample)
 
 
-# ---- one run: scale view, acceptance, timeline, headline ---------------------------------------
+# ---- one run: scale view, acceptance, timeline ------------------------------------------------
 
 def status_grid(trace: Trace, scale: int, sample: int = 0) -> np.ndarray:
     """The (pn, pn) int8 status codes of one sample at one scale (row-major token order)."""
@@ -236,37 +236,6 @@ def timeline_figure(trace: Trace, reference: Trace | None = None, reference_labe
                    legend=dict(orientation="h", y=-0.35, x=0))
 
 
-def headline(main: Trace, target_only: Trace | None = None, draft_only: Trace | None = None) -> dict:
-    """The numbers at the top of the page, all from runs of the same click.
-
-    wall_s is the run's generation time (the transformer loop plus the final decode, without the
-    per-scale preview decodes). speedup = target-only wall time / this run's wall time.
-    """
-    drafted = [s for s in main.scales if s.producer == "draft+target"]
-    out = {"target_calls": main.target_calls, "draft_calls": main.draft_calls,
-           "wall_s": float(main.timings["total"]),
-           "accepted_tokens": int(sum((s.status == ACCEPTED).sum() for s in drafted)),
-           "verified_tokens": int(sum(s.status.size for s in drafted)),
-           "target_only_wall_s": None, "target_only_calls": None, "speedup": None,
-           "draft_only_wall_s": None, "token_agreement": None}
-    if target_only is not None:
-        out["target_only_wall_s"] = float(target_only.timings["total"])
-        out["target_only_calls"] = target_only.target_calls
-        out["speedup"] = out["target_only_wall_s"] / max(out["wall_s"], 1e-9)
-        out["token_agreement"] = token_agreement(main, target_only)
-    if draft_only is not None:
-        out["draft_only_wall_s"] = float(draft_only.timings["total"])
-    return out
-
-
-def token_agreement(a: Trace, b: Trace) -> float:
-    """Fraction of all final tokens (every scale, every sample) that are equal in two runs."""
-    if list(a.patch_nums) != list(b.patch_nums) or a.scales[0].tokens.shape[0] != b.scales[0].tokens.shape[0]:
-        raise ValueError("the two runs have different layouts or batch sizes")
-    same = sum(int((x.tokens == y.tokens).sum()) for x, y in zip(a.scales, b.scales))
-    return same / sum(x.tokens.size for x in a.scales)
-
-
 # ---- masks ---------------------------------------------------------------------------------------
 
 def _scale_ticks(layout: ScaleLayout, end: int) -> tuple[list[float], list[str]]:
@@ -318,13 +287,6 @@ def mask_png(mask: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def decode_mask_png(uri: str) -> np.ndarray:
-    """Inverse of mask_png: the bool matrix from a PNG data URI."""
-    data = base64.b64decode(uri.split(",", 1)[1])
-    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    return rgb.astype(int).sum(axis=-1) < 3 * 160
 
 
 def mask_small_multiples_figure(current: int, layout: ScaleLayout = ScaleLayout(), full: bool = True) -> go.Figure:

@@ -17,9 +17,6 @@ re-seeded with residual vectors from the current batch.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -384,11 +381,6 @@ class VQVAE(nn.Module):
         """images (B,3,H,W) in [0,1] -> list of K LongTensors (B, pn_k**2)."""
         return self.quantize.f_to_tokens(self.encode(images))
 
-    def embed_tokens(self, k: int, idx):
-        """idx (B, pn_k**2) -> codebook vectors (B, Cvae, pn_k, pn_k), row-major."""
-        self._check_idx(k, idx)
-        return self.quantize.embed(k, idx)
-
     def scale_contribution(self, k: int, idx):
         """idx (B, pn_k**2) -> phi_k(bicubic_up(embed)) (B, Cvae, h, w); no upsample at the last scale."""
         self._check_idx(k, idx)
@@ -437,12 +429,6 @@ class VQVAE(nn.Module):
         """tokens (K maps) -> image (B,3,H,W) in [0,1]."""
         return self.fhat_to_image(self.tokens_to_fhat(tokens))
 
-    def progressive_images(self, tokens):
-        """tokens (K maps) -> (K, B, 3, H, W): the image after each scale, decoded in one batch."""
-        fhats = torch.stack(self.progressive_fhats(tokens))  # (K,B,C,h,w)
-        K, B = fhats.shape[:2]
-        return self.fhat_to_image(fhats.flatten(0, 1)).unflatten(0, (K, B))
-
     # --- training ---------------------------------------------------------------------
 
     def forward(self, images):
@@ -462,31 +448,3 @@ class VQVAE(nn.Module):
         losses = {"loss": recon + vq_loss, "recon": recon.detach(), "vq": vq_loss.detach(),
                   "usage": used.float().mean()}
         return (out.clamp(-1, 1) + 1) / 2, losses
-
-
-# --- our own weights: safetensors + JSON ---------------------------------------------------
-
-
-def save_vqvae(model: VQVAE, stem, meta: dict | None = None) -> None:
-    """Write `<stem>.safetensors` (state dict) and `<stem>.json` ({'config': ..., **meta})."""
-    from safetensors.torch import save_file
-
-    Path(stem).parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, f"{stem}.safetensors")
-    info = {"config": model.cfg.to_dict(), **(meta or {})}
-    Path(f"{stem}.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def load_vqvae(stem, device="cpu") -> VQVAE:
-    """Read `<stem>.json` + `<stem>.safetensors` into an eval-mode VQVAE (strict load)."""
-    from safetensors.torch import load_file
-
-    json_path, st_path = Path(f"{stem}.json"), Path(f"{stem}.safetensors")
-    for p in (json_path, st_path):
-        if not p.exists():
-            raise ValueError(f"VQ-VAE file not found: {p}")
-    cfg = VQVAEConfig.from_dict(json.loads(json_path.read_text())["config"])
-    model = VQVAE(cfg)
-    model.load_state_dict(load_file(str(st_path)), strict=True)
-    return model.to(device).eval()

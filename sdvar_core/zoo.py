@@ -1,12 +1,11 @@
-"""Loading models: the official VAR/VQ-VAE .pth files (strict), the hub download, our own safetensors.
+"""Where pairs come from: the official VAR/VQ-VAE .pth files (strict), the hub download, the embedded
+pair and other folders of our own weights, and random weights.
 
 Official files (FoundationVision/var on the Hugging Face hub): `var_d{depth}.pth` (flat VAR state
 dict, 12 + 13·depth keys) and `vae_ch160v4096z32.pth` (flat VQ-VAE state dict, 324 keys). Self-trained
 checkpoints of the official trainer nest them as ckpt['trainer']['var_wo_ddp'] / ['vae_local'].
-Every state dict is checked key by key and shape by shape before `load_state_dict(strict=True)`.
-
-Our own weights are `<stem>.safetensors` + `<stem>.json` ({"config": ..., **meta}); VAR files leave
-out the buffers rebuilt from the config (`var.DERIVED_BUFFERS`).
+Every state dict is checked key by key and shape by shape (`checkpoints`) before
+`load_state_dict(strict=True)`. Our own weights: `checkpoints.save_*` / `load_*`.
 """
 from __future__ import annotations
 
@@ -20,80 +19,22 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from .config import OFFICIAL_VQVAE, VARConfig, VQVAEConfig, official_var_config
+from .checkpoints import check_state_dict, check_var_state, load_var, load_vqvae
+from .config import (OFFICIAL_VQVAE, TINY_DIR, TINY_VQVAE, VARConfig, VQVAEConfig, official_var_config,
+                     official_var_file)
 from .data import CLASS_NAMES
 from .engine import Pair
-from .var import DERIVED_BUFFERS, VAR
-from .vqvae import VQVAE, load_vqvae
+from .runtime import resolve_device
+from .var import VAR
+from .vqvae import VQVAE
 
-TINY_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 HUB_REPO = "FoundationVision/var"
 OFFICIAL_VAE_FILE = "vae_ch160v4096z32.pth"
 WEIGHTS_ENV = "SDVAR_WEIGHTS_DIR"
 DEFAULT_DRAFT_DEPTH, DEFAULT_TARGET_DEPTH = 16, 30
-
-
-def official_var_file(depth: int) -> str:
-    return f"var_d{int(depth)}.pth"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ---- state-dict checks -----------------------------------------------------------------------
-
-
-def _few(items: list[str], n: int = 6) -> str:
-    """The first n items, then how many more."""
-    return ", ".join(items[:n]) + (f", … and {len(items) - n} more" if len(items) > n else "")
-
-
-def check_state_dict(state: dict, reference: dict, source: str) -> None:
-    """Raise ValueError unless `state` has exactly the keys of `reference`, each with the same shape.
-
-    Both map key → tensor (meta tensors are fine: only shapes are read). The message names the
-    missing, unexpected and misshaped keys (first few of each, with counts; both shapes).
-    """
-    missing = [k for k in reference if k not in state]
-    unexpected = [k for k in state if k not in reference]
-    misshaped = [f"{k} {tuple(state[k].shape)} in the file vs {tuple(reference[k].shape)} in the model"
-                 for k in reference if k in state and tuple(state[k].shape) != tuple(reference[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_few(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} misshaped key(s): {_few(misshaped)}")
-    if missing and all(k.endswith("attn.scale_mul_1H11") for k in missing):
-        problems.append("hint: files without scale_mul_1H11 predate normalised attention; get the current ones")
-    if problems:
-        raise ValueError(f"{source} does not match the model: " + "; ".join(problems))
-
-
-def var_state_size(state: dict) -> tuple[int | None, int | None]:
-    """(number of blocks, width) of a VAR state dict, from the `blocks.{i}.` keys and pos_1LC (1, L, C)."""
-    ids = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    pos = state.get("pos_1LC")
-    width = int(pos.shape[-1]) if isinstance(pos, torch.Tensor) and pos.dim() == 3 else None
-    return (max(ids) + 1 if ids else None), width
-
-
-def check_var_state(state: dict, model: VAR, source: str = "VAR checkpoint", skip: tuple[str, ...] = ()) -> None:
-    """check_state_dict against `model` (keys in `skip` left out), with a clear message for a wrong depth."""
-    blocks, width = var_state_size(state)
-    cfg = model.cfg
-    looks = blocks if blocks is not None else (width // 64 if width is not None else cfg.depth)
-    if looks != cfg.depth:
-        seen = ", ".join(([f"{blocks} blocks"] if blocks is not None else [])
-                         + ([f"width {width}"] if width is not None else []))
-        raise ValueError(
-            f"{source} looks like depth {looks} ({seen}), but the model has depth {cfg.depth} (width {cfg.width}); "
-            f"load it with depth={looks} (official file: {official_var_file(looks)})")
-    check_state_dict(state, {k: v for k, v in model.state_dict().items() if k not in skip}, source)
+EMBEDDED_TARGET = dict(depth=6, width=192, heads=3)   # the shipped pair's shapes (assets/tiny)
+EMBEDDED_DRAFT = dict(depth=2, width=128, heads=2)
 
 
 # ---- official checkpoints ----------------------------------------------------------------------
@@ -161,7 +102,7 @@ def load_official_var(depth: int, var_path, device="cpu", vqvae_cfg: VQVAEConfig
 
 
 def load_official(depth: int, var_path, vae_path, device="cpu", vqvae_cfg: VQVAEConfig | None = None):
-    """(vqvae, var) from the official files; the VQ-VAE is attached to the VAR, both in eval mode on `device`.
+    """(vqvae, var) from the official files, both in eval mode on `device`.
 
     depth: any depth of the official rule (width 64·depth, heads = depth).
     vqvae_cfg: OFFICIAL_VQVAE unless given (small configs serve the tests).
@@ -169,7 +110,7 @@ def load_official(depth: int, var_path, vae_path, device="cpu", vqvae_cfg: VQVAE
     vqvae_cfg = vqvae_cfg or OFFICIAL_VQVAE
     vqvae = load_official_vqvae(vae_path, device, vqvae_cfg)
     var = load_official_var(depth, var_path, device, vqvae_cfg)
-    return vqvae, var.attach_vqvae(vqvae)
+    return vqvae, var
 
 
 # ---- finding the official files ----------------------------------------------------------------
@@ -254,47 +195,6 @@ def find_official_weights(depth: int, weights_dir=None) -> tuple[Path, Path]:
     return found[names[0]], found[names[1]]
 
 
-# ---- our own weights -----------------------------------------------------------------------------
-
-
-def save_var(model: VAR, stem, meta: dict | None = None, dtype: torch.dtype | None = None) -> None:
-    """Write `<stem>.safetensors` (state dict without DERIVED_BUFFERS) and `<stem>.json` ({'config': ..., **meta}).
-
-    dtype: store floating-point tensors in this dtype (e.g. float16 to halve the file); loading casts back.
-    """
-    Path(stem).parent.mkdir(parents=True, exist_ok=True)
-    cast = lambda v: v.to(dtype) if dtype is not None and v.is_floating_point() else v  # noqa: E731
-    state = {k: cast(v.detach().cpu()).contiguous() for k, v in model.state_dict().items() if k not in DERIVED_BUFFERS}
-    save_file(state, f"{stem}.safetensors")
-    info = {"config": model.cfg.to_dict(), **(meta or {})}
-    Path(f"{stem}.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def load_var(stem, device="cpu") -> VAR:
-    """Read `<stem>.json` + `<stem>.safetensors` (every non-derived key, right shapes) into an eval-mode VAR."""
-    json_path, st_path = Path(f"{stem}.json"), Path(f"{stem}.safetensors")
-    absent = [str(p) for p in (json_path, st_path) if not p.is_file()]
-    if absent:
-        raise ValueError(f"VAR file(s) not found: {', '.join(absent)}")
-    info = json.loads(json_path.read_text())
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise ValueError(f"{json_path}: expected {{'config': {{VARConfig fields}}, ...}}")
-    try:
-        cfg = VARConfig.from_dict(info["config"])
-    except TypeError as e:
-        raise ValueError(f"{json_path}: bad VAR config: {e}") from e
-    try:
-        state = load_file(str(st_path))
-    except Exception as e:  # safetensors raises its own error type for a damaged header
-        raise ValueError(f"{st_path}: cannot be read as safetensors: {e}") from e
-    model = VAR(cfg)
-    state = {k: v for k, v in state.items() if k not in DERIVED_BUFFERS}  # rebuilt from the config
-    check_var_state(state, model, f"VAR weights {st_path}", skip=DERIVED_BUFFERS)
-    own = model.state_dict()
-    model.load_state_dict({**state, **{k: own[k] for k in DERIVED_BUFFERS}}, strict=True)
-    return model.to(device).eval()
-
-
 # ---- hashes ----------------------------------------------------------------------------------------
 
 
@@ -332,6 +232,14 @@ def verify_card(folder) -> dict:
 # ---- pairs ------------------------------------------------------------------------------------------
 
 
+def load_pair_folder(folder, device="cpu", name: str | None = None, class_names=None) -> Pair:
+    """The pair stored in `folder` as vqvae/draft/target .json + .safetensors (`checkpoints`)."""
+    folder = Path(folder)
+    return Pair(load_vqvae(folder / "vqvae", device), load_var(folder / "draft", device),
+                load_var(folder / "target", device), name=folder.name if name is None else name,
+                class_names=class_names)
+
+
 def _tiny_pair(device, folder: Path = TINY_DIR) -> Pair:
     """The embedded pair of `folder` (assets/tiny): vqvae, draft, target (+ card.json, checked when present)."""
     folder = Path(folder)
@@ -342,9 +250,7 @@ def _tiny_pair(device, folder: Path = TINY_DIR) -> Pair:
                          f"(the repo ships them there; or pass name='official' for the official weights)")
     if (folder / "card.json").is_file():
         verify_card(folder)
-    vqvae = load_vqvae(folder / "vqvae", device)
-    return Pair(vqvae, load_var(folder / "draft", device), load_var(folder / "target", device),
-                name="tiny", class_names=list(CLASS_NAMES))
+    return load_pair_folder(folder, device, name="tiny", class_names=list(CLASS_NAMES))
 
 
 def _official_pair(draft_depth: int, target_depth: int, weights_dir, device) -> Pair:
@@ -367,8 +273,24 @@ def load_pair(name: str = "tiny", *, draft_depth: int | None = None, target_dept
     """
     if name not in ("tiny", "official"):
         raise ValueError(f"unknown pair {name!r}; known: 'tiny', 'official'")
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device("auto" if device is None else device)
     if name == "official" or draft_depth is not None or target_depth is not None:
         return _official_pair(draft_depth or DEFAULT_DRAFT_DEPTH, target_depth or DEFAULT_TARGET_DEPTH,
                               weights_dir, device)
     return _tiny_pair(device, folder or TINY_DIR)
+
+
+def random_pair(device="cpu", seed: int = 0, target: dict | None = None, draft: dict | None = None,
+                vqvae_cfg: VQVAEConfig = TINY_VQVAE, num_classes: int = len(CLASS_NAMES),
+                name: str = "random", class_names=tuple(CLASS_NAMES)) -> Pair:
+    """A pair with random weights: VQ-VAE `vqvae_cfg`, then the draft, then the target, all drawn from
+    `seed` (the global RNG is left alone). Default shapes are the embedded pair's (EMBEDDED_DRAFT,
+    EMBEDDED_TARGET). For tests, benchmarks, and the app when the embedded weights are missing."""
+    kw = dict(vocab_size=vqvae_cfg.vocab_size, z_channels=vqvae_cfg.z_channels, num_classes=num_classes,
+              patch_nums=vqvae_cfg.patch_nums)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        vq = VQVAE(vqvae_cfg).to(device).eval()   # built on the device; .to() moves any stray tensor
+        d = VAR(VARConfig(**(draft or EMBEDDED_DRAFT), **kw)).to(device).eval()
+        t = VAR(VARConfig(**(target or EMBEDDED_TARGET), **kw)).to(device).eval()
+    return Pair(vq, d, t, name=name, class_names=list(class_names) if class_names is not None else None)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sdvar_core.speculative as speculative
+from conftest import teacher_forced_logits
 from sdvar_core.config import VARConfig, VQVAEConfig
 from sdvar_core.engine import Pair, Run, Settings, generate
 from sdvar_core.trace import ACCEPTED, CORRECTED, TARGET, Trace
@@ -90,7 +91,7 @@ def target_marginals(pair, cls):
     p1 = torch.zeros(4, V)
     for x0 in range(V):
         tokens = [torch.tensor([[x0]]), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 16, dtype=torch.long)]
-        probs = T.teacher_forced_logits(torch.tensor([cls]), tokens, pair.vqvae).softmax(-1)[0]
+        probs = teacher_forced_logits(T, [cls], tokens, pair.vqvae).softmax(-1)[0]
         p0 = probs[0]
         p1 += p0[x0] * probs[1:5]
     return p0, p1
@@ -191,7 +192,9 @@ def test_trace_shapes_are_captured(models):
     assert table[(9, "target", "cfg_logits")] == [3, 256, V]
     assert table[(4, "draft", "logits")] == [6, 25, V]
     assert table[(9, "vqvae", "f_hat")] == [3, 4, 16, 16]
-    assert table[(9, "target", "kv_len")] == [680] or tr.calls[-1].model == "target"
+    # the last round drafts and verifies scale 9 on caches that start at position 0
+    assert table[(9, "target", "kv_len")] == table[(9, "draft", "kv_len")] == [680]
+    assert (tr.calls[-1].model, tr.calls[-1].kind, tr.calls[-1].scales[-1]) == ("target", "verify", 9)
     assert tr.images.shape == (3, 64, 64, 3) and tr.scales[3].image.shape == (3, 64, 64, 3)
     assert tr.target_calls + tr.draft_calls == len(tr.calls)
 
@@ -267,3 +270,21 @@ def test_exact_mode_matches_target_only_at_the_last_scale():
     tol = 5 * torch.sqrt(pooled * (1 - pooled) * 2 / n) + 1e-3
     assert ((ref - spec).abs() <= tol).all()
     assert ((ref - drafted).abs() > tol).any(), "the draft must differ for the test to have power"
+
+
+def test_forced_verdicts_override_the_acceptance_test(models):
+    """accept_override(k) decides each judged scale: True keeps every drafted token, False corrects them all."""
+    vq, draft, target = models
+    pair = Pair(vq, draft, target)
+    judged = []
+    tr = generate(pair, "speculative", [0, 1], seed=2, gamma=3, progressive=False,
+                  accept_override=lambda k: judged.append(k) or True).trace
+    assert judged == list(range(10)) and tr.target_calls == 4 and tr.settings["forced_acceptance"] is True
+    for s in tr.scales:
+        assert (s.status == ACCEPTED).all() and np.array_equal(s.tokens, s.draft_tokens)
+    tr = generate(pair, "speculative", [0, 1], seed=2, gamma=3, progressive=False, accept_override=lambda k: False).trace
+    assert tr.target_calls == 10 and all((s.status == CORRECTED).all() for s in tr.scales)
+    assert [r.corrected_scale for r in tr.rounds] == list(range(10))
+    assert "forced_acceptance" not in generate(pair, "speculative", [0], seed=2, progressive=False).trace.settings
+    with pytest.raises(ValueError, match="speculative mode only"):
+        generate(pair, "target", [0], seed=0, accept_override=lambda k: True)

@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from sdvar_core import evaluate, metrics, sample
+from sdvar_core.checkpoints import save_classifier
+from sdvar_core.classifier import HELDOUT_SEED, Classifier, ClassifierConfig
 from sdvar_core.data import make_batch
-from sdvar_core.metrics import Classifier, ClassifierConfig, save_classifier
-
-
-@pytest.fixture(scope="module")
-def pair_dir(tmp_path_factory, random_pair):
-    """The random small pair (64 px, 10 classes) saved as a --pair folder."""
-    folder = tmp_path_factory.mktemp("pair")
-    sample.save_pair_folder(random_pair, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def test_fid_of_real_images_is_near_zero_and_far_below_noise(classifier, tmp_pat
     noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
     fake = run_cli(write_folder(tmp_path / "noise", noise, labels), *args)
     assert real["fid_tiny"] < 0.05 * fake["fid_tiny"]
-    assert real["real_images"] == 300 and real["real_seed"] == metrics.HELDOUT_SEED
+    assert real["real_images"] == 300 and real["real_seed"] == HELDOUT_SEED
     for r in (real, fake):
         lo, hi = r["fid_tiny_ci95"]
         assert 0 <= lo <= hi
@@ -104,7 +97,7 @@ def test_agreement_with_a_sampled_reference(pair_dir, quick, tmp_path, capsys):
     assert out["token_agreement"]["per_scale"][-1] == pytest.approx(same[:, -256:].mean())
     assert out["token_agreement"]["all"] == pytest.approx(same.mean()) and same.mean() < 1
     assert out["psnr_db"] == pytest.approx(metrics.psnr(x, y))
-    assert out["ssim"] == pytest.approx(evaluate.ssim(x, y).mean()) and 0 < out["ssim"] < 1
+    assert out["ssim"] == pytest.approx(metrics.ssim(x, y).mean()) and 0 < out["ssim"] < 1
     # a reference made with another seed is refused: its images are other draws
     sample_folder("seed4", "target", 4)
     capsys.readouterr()
@@ -117,7 +110,7 @@ def test_ssim_matches_a_direct_sum_over_each_window():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (2, 13, 12, 3), dtype=np.uint8)
     b = np.clip(a.astype(int) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
-    g = evaluate.gaussian_window(11, 1.5).numpy()
+    g = metrics.gaussian_window(11, 1.5).numpy()
     w = np.outer(g, g)
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     expected = np.zeros(2)
@@ -132,17 +125,17 @@ def test_ssim_matches_a_direct_sum_over_each_window():
                     cxy = (w * (x - mx) * (y - my)).sum()
                     vals.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2)))
         expected[n] = np.mean(vals)
-    got = evaluate.ssim(a, b)
+    got = metrics.ssim(a, b)
     assert got == pytest.approx(expected, abs=1e-10)
-    assert np.allclose(evaluate.ssim(b, a), got) and (got < 1).all()
+    assert np.allclose(metrics.ssim(b, a), got) and (got < 1).all()
 
 
 def test_ssim_of_flat_images_is_the_luminance_term():
     a = np.full((1, 16, 16, 3), 51, np.uint8)
     b = np.full((1, 16, 16, 3), 204, np.uint8)
     ma, mb, c1 = 0.2, 0.8, 0.01 ** 2
-    assert evaluate.ssim(a, b)[0] == pytest.approx((2 * ma * mb + c1) / (ma * ma + mb * mb + c1))
-    assert evaluate.ssim(a, a)[0] == 1.0
+    assert metrics.ssim(a, b)[0] == pytest.approx((2 * ma * mb + c1) / (ma * ma + mb * mb + c1))
+    assert metrics.ssim(a, a)[0] == 1.0
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):

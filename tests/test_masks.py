@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sdvar_core.config import ScaleLayout
-from sdvar_core.masks import (RULES, allowed, attended_keys, attn_bias, attn_mask_bool, mask_matrix,
-                              native_block_causal, pair_counts, rule_explanation, rule_name, scale_ids)
+from sdvar_core.masks import (RULES, allowed, attended_keys, mask_matrix, pair_counts, rule_explanation, rule_name,
+                              scale_ids)
 
 FULL = ScaleLayout()
 SMALL = ScaleLayout((1, 2, 3, 4))  # 30 tokens
@@ -134,13 +134,12 @@ def test_structural_properties(layout):
         assert torch.equal(m[3], m[3].new_ones(()).expand(L, L) & ~later)
         for r in ALL_RULES:  # rows after current are native (rule 0 without the prefix)
             assert torch.equal(m[r][e:, s:], m[3][e:, s:])
-        assert torch.equal(native_block_causal(layout), m[3])
 
 
 def test_rules_differ_where_they_should():
     # at c = 0 there is no prefix: 2 and 5 coincide with 3 (open current row = native)
     for r in (2, 3, 5):
-        assert torch.equal(mask_matrix(r, 0, q_end=680), native_block_causal())
+        assert torch.equal(mask_matrix(r, 0, q_end=680), mask_matrix(3, 9, q_end=680))
     m = {r: mask_matrix(r, 5) for r in ALL_RULES}
     assert len({tuple(v.flatten().tolist()) for v in m.values()}) == 6
 
@@ -194,26 +193,16 @@ def test_attended_keys_row_major_self():
     assert all(g.all() for g in grids[:6]) and not any(g.any() for g in grids[7:])
 
 
-# ---- bias, names, speed ----
+# ---- attention, names, speed ----
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_attn_bias(dtype):
-    m = mask_matrix(1, 3)
-    b = attn_bias(m, dtype)
-    assert b.shape == (1, 1, *m.shape) and b.dtype == dtype
-    assert (b[0, 0][m] == 0).all() and torch.isneginf(b[0, 0][~m]).all()
-    assert torch.equal(attn_mask_bool(m)[0, 0], m) and attn_mask_bool(m).shape == (1, 1, *m.shape)
-
-
-def test_bias_and_bool_mask_give_same_attention():
+def test_bool_mask_means_may_attend_in_sdpa():
+    """The VAR passes mask_matrix's bool masks to SDPA as they are: True = the query may attend to the key."""
     torch.manual_seed(0)
     m = mask_matrix(5, 3)
     q, k, v = (torch.randn(1, 2, m.shape[0], 8) for _ in range(3))
-    F = torch.nn.functional
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias(m))
-    b = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask_bool(m))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)
     ref = torch.softmax((q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~m, float("-inf")), -1) @ v
-    assert torch.allclose(a, ref, atol=1e-5) and torch.allclose(b, ref, atol=1e-5)
+    assert torch.allclose(out, ref, atol=1e-5)
 
 
 def test_names_and_explanations():
@@ -259,9 +248,6 @@ def test_full_matrix_is_fast():
     (lambda: attended_keys(1, 5, 2, 3, 0), "row"),
     (lambda: attended_keys(1, 5, 2, 0, -1), "col"),
     (lambda: attended_keys(9, 5, 2, 0, 0), "rule"),
-    (lambda: attn_bias(mask_matrix(1, 2).float()), "mask"),
-    (lambda: attn_bias(mask_matrix(1, 2)[None]), "mask"),
-    (lambda: attn_bias(mask_matrix(1, 2), torch.int32), "dtype"),
 ])
 def test_bad_input_raises_value_error(call, word):
     with pytest.raises(ValueError, match=word):

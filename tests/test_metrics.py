@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from sdvar_core.checkpoints import load_classifier, save_classifier
+from sdvar_core.classifier import Classifier, ClassifierConfig, class_accuracy, features, predict, train_classifier
 from sdvar_core.data import make_batch
-from sdvar_core.metrics import (Classifier, ClassifierConfig, bootstrap_fid, class_accuracy, features, fid_tiny,
-                                frechet_distance, load_classifier, main, predict, psnr, save_classifier,
-                                train_classifier)
+from sdvar_core.metrics import bootstrap_fid, fid_tiny, frechet_distance, main, psnr
 
 SMALL = ClassifierConfig(image_size=32, widths=(16, 32, 64), depth=1)
 
@@ -84,8 +84,8 @@ def test_default_classifier_shapes_and_size():
     model = Classifier().eval()
     x = torch.rand(3, 3, 64, 64)
     assert model(x).shape == (3, 10)
-    assert model.features(x).shape == (3, model.config.feature_dim)
-    assert 64 <= model.config.feature_dim <= 128
+    assert model.features(x).shape == (3, model.config.widths[-1])
+    assert 64 <= model.config.widths[-1] <= 128
     assert sum(p.numel() for p in model.parameters()) < 300_000
 
 
@@ -146,7 +146,7 @@ def test_save_load_round_trip(tmp_path):
     assert info["steps"] == 0 and info["config"]["widths"] == [16, 32, 64]
     info["config"]["widths"] = [16, 32, 48]  # weights no longer fit: strict loading must refuse
     (tmp_path / "sub" / "clf.json").write_text(json.dumps(info))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="misshaped"):
         load_classifier(tmp_path / "sub" / "clf")
 
 

@@ -16,14 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = [2, 2, 2, 5, 5, 5, 7, 7, 7]   # --classes 2,5,7 --per-class 3: 3 chunks of 4, 4, 1
 
 
-@pytest.fixture(scope="module")
-def pair_dir(tmp_path_factory, random_pair):
-    """The random small pair (64 px, 10 classes) saved as a --pair folder."""
-    folder = tmp_path_factory.mktemp("pair")
-    sample.save_pair_folder(random_pair, folder)
-    return folder
-
-
 def cli_args(pair_dir, out, *extra):
     return ["--pair", str(pair_dir), "--mode", "speculative", "--gamma", "3", "--lenience", "2",
             "--per-class", "3", "--classes", "2,5,7", "--batch-size", "4", "--seed", "7",

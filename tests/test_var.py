@@ -2,7 +2,9 @@
 import pytest
 import torch
 
+from conftest import teacher_forced_logits
 from sdvar_core.config import VARConfig, VQVAEConfig, official_var_config
+from sdvar_core.masks import mask_matrix
 from sdvar_core.engine import Pair, generate
 from sdvar_core.var import VAR, KVCache
 from sdvar_core.vqvae import VQVAE
@@ -17,7 +19,7 @@ def small_models(seed=0, depth=2, width=64, heads=2, shared_aln=False):
     with torch.no_grad():  # break the near-identity init so every block matters
         for p in var.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    return vq, var.attach_vqvae(vq)
+    return vq, var
 
 
 @pytest.mark.parametrize("shared_aln", [False, True])
@@ -26,7 +28,7 @@ def test_cached_loop_equals_teacher_forcing(shared_aln):
     pair = Pair(vq, var, var)
     res = generate(pair, "target", [1, 3], seed=5, cfg=0.0, progressive=False)
     tokens = [torch.from_numpy(s.tokens) for s in res.trace.scales]
-    tf = var.teacher_forced_logits(torch.tensor([1, 3]), tokens)          # (B, L, V)
+    tf = teacher_forced_logits(var, [1, 3], tokens, vq)                   # (B, L, V)
     # Re-run the cached loop on the same tokens and compare every scale's conditional logits.
     cond = var.condition(torch.tensor([1, 3]))
     cache, layout, f_hat = var.new_cache(), var.cfg.layout, torch.zeros(2, 8, 16, 16)
@@ -101,3 +103,9 @@ def test_config_validation():
         VARConfig(depth=2, width=65, heads=2)
     with pytest.raises(ValueError, match="depth"):
         official_var_config(0)
+
+
+def test_training_mask_is_sd_mask_rule_3():
+    """VAR's teacher-forcing mask (a buffer of the official checkpoints) is rule 3 over the whole sequence."""
+    var = VAR(VARConfig(depth=1, width=32, heads=1, vocab_size=8, z_channels=4, num_classes=2))
+    assert torch.equal(var.attn_bias_for_masking[0, 0] == 0, mask_matrix(3, 9, q_end=680))

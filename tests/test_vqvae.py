@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sdvar_core.config import OFFICIAL_VQVAE, VQVAEConfig
-from sdvar_core.vqvae import VQVAE, load_vqvae, save_vqvae
+from sdvar_core.checkpoints import load_vqvae, save_vqvae
+from sdvar_core.vqvae import VQVAE
 
 # 32 px, latent 16 with the official 10 scales; attention on so that path runs too.
 MICRO = VQVAEConfig(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, use_attn=True,
@@ -102,7 +103,7 @@ def test_fhat_is_sum_of_scale_contributions(micro, tokens):
         assert torch.allclose(fhats[-1], total, atol=1e-5)
         assert len(fhats) == 10 and fhats[0].shape == (3, 8, 16, 16)
         # scale 0 is one code broadcast by bicubic, then phi: embed equals codebook rows
-        e = micro.embed_tokens(0, tokens[0])
+        e = micro.quantize.embed(0, tokens[0])
         assert torch.equal(e[:, :, 0, 0], micro.quantize.embedding.weight[tokens[0][:, 0]])
         f0 = torch.zeros_like(total)
         f1 = micro.add_scale(0, f0, tokens[0])
@@ -123,15 +124,6 @@ def test_next_input_sequence_equals_teacher_inputs(micro, tokens):
         assert torch.allclose(parts[-1][:, 17], f_hat[:, :, 1, 1])
 
 
-def test_progressive_images(micro, tokens):
-    with torch.no_grad():
-        imgs = micro.progressive_images(tokens)
-        assert imgs.shape == (10, 3, 3, 32, 32)
-        assert 0 <= imgs.min() and imgs.max() <= 1
-        assert torch.allclose(imgs[-1], micro.tokens_to_image(tokens), atol=1e-5)
-        assert torch.allclose(imgs[4], micro.fhat_to_image(micro.progressive_fhats(tokens)[4]), atol=1e-5)
-
-
 def test_bad_inputs_raise(micro, tokens):
     for bad in (torch.rand(3, 32, 32), torch.rand(1, 1, 32, 32), torch.rand(1, 3, 64, 64)):
         with pytest.raises(ValueError, match="image_size"):
@@ -139,7 +131,7 @@ def test_bad_inputs_raise(micro, tokens):
     with pytest.raises(ValueError, match="last scale"):
         micro.next_input(9, torch.zeros(1, 8, 16, 16))
     with pytest.raises(ValueError, match="scale 2"):
-        micro.embed_tokens(2, tokens[1])
+        micro.scale_contribution(2, tokens[1])
     with pytest.raises(ValueError, match="token maps"):
         micro.tokens_to_fhat(tokens[:-1])
     with pytest.raises(ValueError, match="quant_resi"):

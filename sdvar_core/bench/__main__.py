@@ -1,0 +1,4 @@
+"""`python -m sdvar_core.bench <sub-command> ...`: see `cli`."""
+from .cli import main
+
+main()

@@ -1,0 +1,284 @@
+"""Benchmarks: single-model speed, the mode table, the quality report, the cost model, GPU floors.
+
+Every ratio is taken between rows of one run whose repeats are interleaved: repeat r runs
+every row once, in an order rotated by r, so a slow phase of a shared machine hits all rows
+alike. Times are wall-clock medians over repeats with their [min–max]; outputs name the
+machine and the load average (os.getloadavg, 1 minute) seen during the run.
+
+Sub-commands (`python -m sdvar_core.bench <cmd> --help` lists every flag):
+
+  generate  a random-weight official-size VAR (--preset var-d16) with the official VQ-VAE makes
+            CFG images end to end; transformer loop and 256x256 decode timed apart
+            (Trace.timings, progressive=False); median of --repeats; CPU goals checked for d16.
+  modes     the mode table of a pair (--pair tiny|random): target only, draft only, hand-off
+            schedules 'D'*e+'T'*(10-e) and 'T'*e+'D'*(10-e) for e = 0..10, sd_masks at e = 5,
+            speculative exact (γ 1..4) and relaxed; target/draft calls, wall time, speed-up over
+            the target-only row of the same run, mean acceptance, engine overhead.
+  report    the mode table with quality (class accuracy, FID-tiny against real procedural
+            images, --images-per-class per row), whether the original SDVAR code's claims
+            hold, and the cost model's predicted speed-up against the measured one; markdown,
+            optionally written into a marked section of a file (--out FILE --section NAME).
+  profile   cProfile of one row: where the engine's own overhead goes.
+  floor     weight-read and FLOP floors against measured per-image times of random official
+            VARs (bandwidth from a large device copy, rate from a large matrix product).
+  patterns  official-size random d16→d30: the engine runs every mode's call pattern and the
+            table sums its transformer calls. Random weights accept nothing meaningful, so
+            speculative rows force acceptance: each drafted scale passes with probability
+            --accept (exact rule) through generate(accept_override=…), and the calls are the
+            engine's own for that outcome. Sampling, acceptance tests and VQ-VAE work are not
+            in these times.
+  gpu       floor + patterns + the embedded pair's modes table under one deadline
+            (scripts/gpu_bench.sh runs it once on a lent GPU; --small shrinks it for a CPU try).
+
+On a shared 2-core CPU give small models --threads 1: two intra-op threads wait for each other
+when other processes hold the cores.
+
+Examples:
+  python -m sdvar_core.bench generate --preset var-d16 --repeats 3
+  python -m sdvar_core.bench modes --pair tiny --threads 1 --seeds 2 --repeats 5 --out BENCHMARKS.md --section modes-cpu
+  python -m sdvar_core.bench report --images-per-class 100 --max-minutes 50 --out BENCHMARKS.md --section report-cpu
+  bash scripts/gpu_bench.sh    # the device checks, once, on a lent GPU (results under $OUT)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import load_classifier
+from ..config import CLASSIFIER_STEM, preset
+from ..runtime import PRECISIONS, machine_name, resolve_device
+from .floors import run_floor, run_generate, run_profile
+from .harness import TARGET_ROW, table_rows
+from .pairs import get_pair, random_official_pair
+from .patterns import run_patterns
+from .report import build_report, run_modes
+from .tables import emit
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _int_list(text: str) -> list[int]:
+    """'1,8' → [1, 8]: a comma-separated list of positive integers."""
+    values = [_positive_int(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _prob_list(text: str) -> list[float]:
+    out = []
+    for t in text.split(","):
+        try:
+            v = float(t)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected probabilities in [0, 1], got {t!r}") from None
+        if not 0 <= v <= 1:
+            raise argparse.ArgumentTypeError(f"expected probabilities in [0, 1], got {t!r}")
+        out.append(v)
+    return out
+
+
+def _preset_list(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    for n in names:
+        try:
+            preset(n)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    if not names:
+        raise argparse.ArgumentTypeError("expected at least one preset name")
+    return names
+
+
+def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    p.add_argument("--threads", type=_positive_int, help="CPU intra-op threads (default: torch's)")
+    if out:
+        p.add_argument("--out", help="also write the markdown into this file (a marked section; created if absent)")
+        p.add_argument("--section", help="name of the marked section in --out (default: the sub-command)")
+
+
+def _precision(args, device: torch.device) -> str:
+    if args.precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"--precision {args.precision} needs CUDA (the engine autocasts only there); use fp32 on CPU")
+    return args.precision
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sdvar_core.bench", description=__doc__.split("\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("generate", help="one official-size model end to end (issue 2)")
+    p.add_argument("--preset", default="var-d16", help="var-d16, var-d20, var-d24, var-d30 or any var-dN")
+    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--warmup", type=int, help="untimed runs first (default: 1 on CUDA, 0 on CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    _common(p)
+
+    for name, helptext in (("modes", "the mode table of a pair (issue 3)"), ("report", "mode table with quality and the cost model (issue 6)")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--pair", default="tiny", help="tiny (assets/tiny) or random (random weights, embedded shapes)")
+        p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+        _common(p)
+    sub.choices["modes"].add_argument("--batch", type=_positive_int, default=1, help="images per generate call")
+    sub.choices["modes"].add_argument("--seeds", type=_positive_int, default=2, help="generate calls per row and repeat")
+    sub.choices["modes"].add_argument("--repeats", type=_positive_int, default=3)
+    rp = sub.choices["report"]
+    rp.add_argument("--images-per-class", type=_positive_int, default=100,
+                    help="images per class per row (≥ 100 for the final report: 1000 per row)")
+    rp.add_argument("--batch", type=_positive_int, default=10, help="images per generate call (one chunk = one repeat)")
+    rp.add_argument("--classifier", default=str(CLASSIFIER_STEM), help="path stem of the FID-tiny classifier")
+    rp.add_argument("--n-boot", type=_positive_int, default=50, help="bootstrap resamples for δ")
+    rp.add_argument("--max-minutes", type=float, help="start no new chunk after this many minutes (the report "
+                    "then covers the chunks done)")
+
+    p = sub.add_parser("profile", help="cProfile of one row")
+    p.add_argument("--pair", default="tiny", help="tiny or random")
+    p.add_argument("--row", default=TARGET_ROW, help="a row name of the modes table")
+    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--top", type=_positive_int, default=25)
+    _common(p, out=False)
+
+    p = sub.add_parser("floor", help="per-image times against the weight-read and FLOP floors")
+    p.add_argument("--presets", type=_preset_list, default=["var-d16", "var-d30"])
+    p.add_argument("--batches", type=_int_list, default=[1, 8])
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    p.add_argument("--small", action="store_true", help="tiny VQ-VAE and its codebook (a quick CPU try)")
+    _common(p)
+
+    p = sub.add_parser("patterns", help="official-size call patterns of every mode, forced acceptance")
+    p.add_argument("--draft", default="var-d16")
+    p.add_argument("--target", default="var-d30")
+    p.add_argument("--batches", type=_int_list, default=[1, 16])
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--gammas", type=_int_list, default=[1, 2, 3, 4])
+    p.add_argument("--accept", type=_prob_list, default=[0.0, 0.5, 0.8, 1.0], help="forced per-scale pass probabilities")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    p.add_argument("--small", action="store_true", help="tiny codebook (a quick CPU try, with --precision fp32)")
+    _common(p)
+
+    p = sub.add_parser("gpu", help="floor + patterns + the embedded pair's modes under one deadline (gpu_bench.sh)")
+    p.add_argument("--deadline-s", type=float, default=180.0, help="seconds for everything (sections get 30/45/25 %%)")
+    p.add_argument("--small", action="store_true", help="shrink every size (a CPU try of the script)")
+    _common(p)
+    return parser
+
+
+# ---- the sub-commands: each takes (args, device, out, section) --------------------------------------
+
+
+def cmd_generate(args, device, out, section) -> None:
+    preset(args.preset)
+    warmup = args.warmup if args.warmup is not None else (1 if device.type == "cuda" else 0)
+    if warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {warmup}")
+    emit(run_generate(args.preset, device, batch=args.batch, repeats=args.repeats,
+                      precision=_precision(args, device), warmup=warmup), out, section)
+
+
+def cmd_modes(args, device, out, section) -> None:
+    pair = get_pair(args.pair, device)
+    emit(run_modes(pair, device, batch=args.batch, seeds=args.seeds, repeats=args.repeats,
+                   settings={"precision": _precision(args, device)}), out, section)
+
+
+def cmd_report(args, device, out, section) -> None:
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    stem = Path(args.classifier)
+    if not stem.with_name(stem.name + ".json").is_file():
+        raise ValueError(f"classifier not found: {stem}.json / .safetensors "
+                         f"(train it: python -m sdvar_core.metrics train --out {stem})")
+    pair = get_pair(args.pair, device)
+    clf = load_classifier(stem, device=str(device))
+    deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
+    emit(build_report(pair, clf, device, images_per_class=args.images_per_class, batch=args.batch,
+                      n_boot=args.n_boot, deadline=deadline, settings={"precision": _precision(args, device)}),
+         out, section)
+
+
+def cmd_profile(args, device, out, section) -> None:
+    pair = get_pair(args.pair, device)
+    rows = {r.name: r for r in table_rows("modes", pair.layout.num_scales)}
+    if args.row not in rows:
+        raise ValueError(f"unknown row {args.row!r}; rows: {', '.join(rows)}")
+    print(run_profile(pair, rows[args.row], args.batch, args.top))
+
+
+def cmd_floor(args, device, out, section) -> None:
+    emit(run_floor(args.presets, args.batches, device, precision=_precision(args, device), repeats=args.repeats,
+                   small=args.small), out, section)
+
+
+def cmd_patterns(args, device, out, section) -> None:
+    for n in (args.draft, args.target):
+        preset(n)
+    precision = _precision(args, device)
+    pair = random_official_pair(args.draft, args.target, device, args.small)
+    for b in args.batches:
+        emit(run_patterns(pair, device, batch=b, repeats=args.repeats, precision=precision, gammas=args.gammas,
+                          accepts=args.accept), out, f"{section}-b{b}")
+
+
+def cmd_gpu(args, device, out, section) -> None:
+    """The three device checks of scripts/gpu_bench.sh, each under its share of the deadline."""
+    if args.deadline_s <= 0:
+        raise ValueError(f"--deadline-s must be > 0, got {args.deadline_s}")
+    small = args.small
+    t0 = time.perf_counter()
+    ends = [t0 + f * args.deadline_s for f in (0.30, 0.75, 1.0)]
+    prec = "bf16" if device.type == "cuda" else "fp32"
+    presets = ["var-d1", "var-d2"] if small else ["var-d16", "var-d30"]
+    print(f"[gpu] floors ({time.perf_counter() - t0:.0f} s)", flush=True)
+    emit(run_floor(presets, [1, 2] if small else [1, 8], device, precision=prec, repeats=1 if small else 3,
+                   small=small, deadline=ends[0]), out, "gpu-floor")
+    pair = random_official_pair(presets[0], presets[1], device, small)
+    batches = [1, 2] if small else [1, 16]
+    for i, b in enumerate(batches):
+        print(f"[gpu] call patterns, batch {b} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        end = time.perf_counter() + (ends[1] - time.perf_counter()) / (len(batches) - i)
+        emit(run_patterns(pair, device, batch=b, repeats=1 if small else 5, precision=prec,
+                          gammas=[1, 2, 3, 4], accepts=[0.0, 0.5, 0.8, 1.0], deadline=end), out, f"gpu-patterns-b{b}")
+    del pair
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    print(f"[gpu] embedded pair modes ({time.perf_counter() - t0:.0f} s)", flush=True)
+    try:
+        pair = get_pair("random" if small else "tiny", device)
+    except ValueError as e:
+        emit(f"## Mode table on {machine_name(device)}\n\nskipped: {e}\n", out, "gpu-modes")
+        return
+    emit(run_modes(pair, device, batch=1, seeds=1 if small else 2, repeats=1 if small else 5, deadline=ends[2],
+                   settings={"precision": "fp32"}, title="Mode table (GPU, fp32)"), out, "gpu-modes")
+    print(f"[gpu] done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+COMMANDS = {"generate": cmd_generate, "modes": cmd_modes, "report": cmd_report, "profile": cmd_profile,
+            "floor": cmd_floor, "patterns": cmd_patterns, "gpu": cmd_gpu}
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        with torch.no_grad():
+            COMMANDS[args.cmd](args, device, getattr(args, "out", None), getattr(args, "section", None) or args.cmd)
+    except ValueError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,92 @@
+"""What the tabs share: the view of named components, error and API helpers, the page's CSS."""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import gradio as gr
+
+from sdvar_core.engine import Pair
+
+try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+    def gpu(fn=None, **_):
+        return fn if fn is not None else (lambda f: f)
+
+CSS = """
+#headline .block { min-width: 0 !important; }
+#headline input, #headline textarea { font-size: 1.35rem !important; font-weight: 600; }
+.notice { padding: 6px 12px; border-radius: 6px; background: #fff7e6; border: 1px solid #f0c36d; }
+.notice p { margin: 0 !important; }
+footer { display: none !important; }
+"""
+
+
+class View:
+    """The app's components by name: each tab's `build` sets them as attributes (view.showing = gr.Markdown()).
+
+    Callbacks take the view first and return {view.<name>: value}; Gradio matches the keys to the
+    event's outputs, so no output list has to be kept in order. An event's inputs are the
+    callback's keyword parameters: `inputs_of` finds the components of the same names.
+    """
+
+    def outputs(self, *names: str) -> list:
+        """The components called `names` (in that order: the order of the API's return values)."""
+        return [getattr(self, n) for n in names]
+
+    def inputs_of(self, fn) -> dict:
+        """{parameter: component} for every keyword parameter of `fn` that names a component of the view."""
+        params = inspect.signature(fn).parameters
+        return {n: getattr(self, n) for n, p in params.items()
+                if p.kind == inspect.Parameter.KEYWORD_ONLY and n in vars(self)}
+
+
+def bind(fn, *args):
+    """fn with its leading arguments (bank, view, …) bound; a ValueError from the library becomes a
+    gr.Error with its message. The signature Gradio sees keeps the keyword inputs and gr.Progress."""
+    bound = functools.partial(fn, *args)
+    if inspect.isgeneratorfunction(fn):   # generators report their own errors
+        return bound
+
+    @functools.wraps(bound)
+    def call(*a, **kw):
+        try:
+            return bound(*a, **kw)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+    return call
+
+
+def listen(view: View, event, fn, *bound, outputs, also: tuple = (), public: str | None = None, **kwargs):
+    """Attach fn (with `bound` arguments first) to `event`: inputs from fn's keyword parameters (and the
+    components named in `also`, for a **kwargs parameter), outputs by name. public: the API name of this
+    endpoint; None keeps the listener private."""
+    api = {"api_name": public} if public else {"api_visibility": "private"}
+    inputs = {**view.inputs_of(fn), **{n: getattr(view, n) for n in also}}
+    return event(bind(fn, *bound), inputs_kwargs=inputs, outputs=view.outputs(*outputs), **api, **kwargs)
+
+
+def pair_info(pair: Pair, note: str = "") -> str:
+    """Markdown describing the loaded pair."""
+    def size(m):
+        return f"depth {m.cfg.depth}, width {m.cfg.width}, {m.num_params() / 1e6:.2f} M params"
+    device = next(pair.target.parameters()).device
+    text = (f"**{pair.name}** on `{device}` — draft: {size(pair.draft)}; target: {size(pair.target)}; "
+            f"{pair.vqvae.cfg.image_size} px images, codebook {pair.vqvae.cfg.vocab_size}, "
+            f"{pair.layout.num_scales} scales = {pair.layout.total} tokens.")
+    return text + (f"\n\n**Note:** {note}" if note else "")
+
+
+def named_outputs(config: dict, api_name: str, values) -> dict:
+    """A gradio_client result by name: {elem_id: value} for the endpoint `api_name` of an app whose
+    config (`Client.config`) is given. State outputs are not returned over the API, so they are skipped."""
+    dep = next(d for d in config["dependencies"] if d.get("api_name") == api_name.lstrip("/"))
+    components = {c["id"]: c for c in config["components"]}
+    ids = [components[i]["props"].get("elem_id") for i in dep["outputs"] if components[i]["type"] != "state"]
+    values = values if isinstance(values, tuple) else (values,)
+    if len(ids) != len(values) or None in ids:
+        raise ValueError(f"{api_name}: {len(values)} values for outputs {ids} (every output needs an elem_id)")
+    return dict(zip(ids, values))

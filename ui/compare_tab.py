@@ -1,0 +1,104 @@
+"""Tab 4, Compare: sweeps over entry_num × sd_mask or γ × τ for a set of seeds, with a plot, a table and a CSV."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from sdvar_core import viz
+from sdvar_core.explore import (DIRECTIONS, class_index, config_label, load_quality_classifier, parse_seeds,
+                                run_config, sweep_configs, sweep_row)
+
+from .common import View, gpu, listen
+
+SWEEP_COLUMNS = ["config", "images", "target_calls", "draft_calls", "wall_s", "speedup", "token_agreement",
+                 "pixel_psnr_db", "class_accuracy"]   # shown in the app; the CSV has every column
+SWEEP_OUTPUTS = ("sweep_md", "sweep_plot", "sweep_table", "sweep_csv")
+
+
+def build(view: View, num_scales: int) -> None:
+    """The tab's components (inside an open gr.Tab), on `view`."""
+    gr.Markdown("Sweep settings over several seeds. Every sweep first runs target only and draft only with the "
+                "same seeds; speed-ups and agreements are against that target-only run. Sampling settings (CFG, "
+                "top-k, top-p, acceptance rule, λ, precision) come from the Generate tab.")
+    with gr.Row():
+        view.sweep_kind = gr.Radio([("schedules: entry_num × sd_mask", "schedule"), ("speculative: γ × τ", "speculative")],
+                                   value="schedule", label="Sweep", elem_id="sweep-kind")
+        view.sweep_seeds = gr.Textbox("0, 1", label="Seeds (e.g. '0, 1' or '0-3')", elem_id="sweep-seeds")
+        view.sweep_classes = gr.Radio([("every class (embedded pair)", "all"),
+                                       ("the class chosen on the Generate tab", "chosen")],
+                                      value="all", label="Images per seed", elem_id="sweep-classes")
+    with gr.Group(visible=True) as view.sched_sweep:
+        with gr.Row():
+            view.sweep_entries = gr.CheckboxGroup([str(e) for e in range(1, num_scales)], value=["2", "4", "6", "8"],
+                                                  label="entry_num", elem_id="sweep-entries")
+            view.sweep_dirs = gr.CheckboxGroup([(text, key) for key, text in DIRECTIONS.items()], value=["D→T"],
+                                               label="direction", elem_id="sweep-dirs")
+            view.sweep_masks = gr.CheckboxGroup([(str(r), str(r)) for r in range(6)], value=["1", "3"],
+                                                label="sd_mask", elem_id="sweep-masks")
+    with gr.Group(visible=False) as view.spec_sweep:
+        with gr.Row():
+            view.sweep_gammas = gr.CheckboxGroup([str(g) for g in range(1, 7)], value=["1", "2", "3"], label="γ",
+                                                 elem_id="sweep-gammas")
+            view.sweep_taus = gr.CheckboxGroup(["1.0", "0.9", "0.8", "0.7", "0.5"], value=["1.0", "0.8"], label="τ",
+                                               elem_id="sweep-taus")
+    with gr.Row():
+        view.sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep-run")
+        view.stop_btn = gr.Button("Stop", variant="stop", elem_id="sweep-stop")
+        view.sweep_csv = gr.DownloadButton("Download CSV", value=None, elem_id="sweep-csv")
+    view.sweep_md = gr.Markdown(elem_id="sweep-status")
+    view.sweep_plot = gr.Plot(label="sweep", elem_id="sweep-plot")
+    view.sweep_table = gr.Dataframe(interactive=False, elem_id="sweep-table")
+
+
+def wire(view: View, bank) -> None:
+    listen(view, view.sweep_kind.change, on_sweep_kind, view, outputs=("sched_sweep", "spec_sweep"))
+    sweep = listen(view, view.sweep_btn.click, gpu(duration=180)(on_sweep), bank, view, public="sweep",
+                   outputs=SWEEP_OUTPUTS, concurrency_id="model", concurrency_limit=1, show_progress_on=[view.sweep_plot])
+    view.stop_btn.click(None, None, None, cancels=[sweep], api_visibility="private")
+
+
+def on_sweep_kind(view: View, *, sweep_kind) -> dict:
+    return {view.sched_sweep: gr.Group(visible=sweep_kind == "schedule"),
+            view.spec_sweep: gr.Group(visible=sweep_kind == "speculative")}
+
+
+def on_sweep(bank, view: View, *, model_state, sweep_kind, sweep_seeds, sweep_classes, sweep_entries, sweep_dirs,
+             sweep_masks, sweep_gammas, sweep_taus, class_name, class_id, cfg, top_k, top_p, accept, lenience,
+             precision, progress=gr.Progress()):
+    """Run the sweep entry by entry, yielding the status, plot, table and CSV after each one."""
+    try:
+        pair = bank.get(model_state)
+        seeds = parse_seeds(sweep_seeds)
+        configs = sweep_configs(sweep_kind, sweep_entries, sweep_dirs, sweep_masks, sweep_gammas, sweep_taus,
+                                pair.layout.num_scales)
+        if sweep_classes == "all":
+            if pair.num_classes > 16:
+                raise ValueError(f"{pair.name} has {pair.num_classes} classes; choose 'the class chosen "
+                                 "on the Generate tab' for it")
+            class_ids = list(range(pair.num_classes))
+        else:
+            class_ids = [class_index(pair, class_name, class_id)]
+        base = dict(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p), accept=str(accept),
+                    lenience=float(lenience), precision=str(precision))
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+    classifier, note = load_quality_classifier(pair)
+    csv_path = Path(tempfile.mkdtemp(prefix="sdvar-sweep-")) / f"sweep-{sweep_kind}.csv"
+    rows, reference = [], None
+    for i, config in enumerate(configs):
+        progress((i, len(configs)), desc=config_label(config))
+        try:
+            traces = run_config(pair, config, seeds, class_ids, base)
+        except ValueError as e:
+            raise gr.Error(f"{config['series']}: {e}") from None
+        reference = reference or traces   # the first entry is target only
+        rows.append(sweep_row(config, traces, reference, class_ids, classifier))
+        df = pd.DataFrame(rows)
+        df.to_csv(csv_path, index=False)
+        yield {view.sweep_md: f"{i + 1} of {len(configs)} runs done ({len(seeds)} seed(s) × {len(class_ids)} "
+                              f"image(s) each) with **{pair.name}**. " + note,
+               view.sweep_plot: viz.sweep_figure(df), view.sweep_table: df[SWEEP_COLUMNS].round(4),
+               view.sweep_csv: str(csv_path)}

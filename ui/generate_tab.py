@@ -1,0 +1,219 @@
+"""Tab 1, Generate & inspect: one click runs the chosen mode plus target-only and draft-only with the
+same seed; headline numbers, the three pictures, a scale scrubber, acceptance and a timeline.
+Also the page header's model picker and precomputed examples, which set this tab's inputs."""
+from __future__ import annotations
+
+import functools
+import time
+
+import gradio as gr
+
+from sdvar_core import masks, viz
+from sdvar_core.data import CLASS_NAMES
+from sdvar_core.explore import (DEFAULT_INPUTS, MODELS, class_index, click_settings, headline, load_bundle,
+                                run_click, settings_of)
+
+from .common import View, gpu, listen, pair_info
+from .shapes_tab import shape_frame
+
+MODES = [("speculative (draft proposes, target verifies)", "speculative"),
+         ("schedule (hand-off at entry_num)", "schedule"),
+         ("target only", "target"), ("draft only", "draft")]
+# What render_run fills: the run's state, this tab's outputs and the Shapes tab's table.
+RUN_OUTPUTS = ("runs", "showing", "target_calls", "draft_calls", "wall", "speedup", "final_image", "target_image",
+               "draft_image", "summary", "scale", "token_grid", "scale_md", "acceptance", "timeline", "shape_table")
+INPUTS = tuple(DEFAULT_INPUTS)   # the tab's inputs, named as in DEFAULT_INPUTS
+
+
+# ---- layout -------------------------------------------------------------------------------------
+
+def build(view: View, pair, on_cuda: bool) -> None:
+    """The tab's components (inside an open gr.Tab), on `view`; `pair` gives the scales and class names."""
+    K = pair.layout.num_scales
+    D = DEFAULT_INPUTS
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=280):
+            names = list(pair.class_names or [])
+            view.class_name = gr.Dropdown(names, value=D["class_name"] if D["class_name"] in names
+                                          else (names or [None])[0], label="Class", visible=bool(names),
+                                          elem_id="class-name", allow_custom_value=True)  # class_index checks it
+            view.class_id = gr.Number(value=D["class_id"], precision=0, label="ImageNet class id (0–999)",
+                                      visible=not pair.class_names, elem_id="class-id")
+            view.seed = gr.Number(value=D["seed"], precision=0, label="Seed", elem_id="seed")
+            view.mode = gr.Radio(MODES, value=D["mode"], label="Mode", elem_id="mode")
+            view.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Accordion("Advanced settings", open=False):
+                with gr.Group(visible=False) as view.schedule_group:
+                    view.entry_num = gr.Slider(0, K, value=D["entry_num"], step=1, elem_id="gen-entry-num",
+                                               label="entry_num: scales made by the draft before the target takes over")
+                    view.schedule = gr.Textbox(value=D["schedule"], label=f"or a schedule string ({K} letters D/T)",
+                                               placeholder="e.g. DDDDTTTTTT", elem_id="gen-schedule")
+                    view.sd_mask = gr.Dropdown([(f"{r} · {masks.rule_name(r)}", r) for r in range(6)],
+                                               value=D["sd_mask"], label="sd_mask at the hand-off", elem_id="gen-sd-mask")
+                with gr.Group(visible=True) as view.spec_group:
+                    view.gamma = gr.Slider(1, K, value=D["gamma"], step=1, label="γ: scales drafted per round",
+                                           elem_id="gamma")
+                    view.accept = gr.Radio([("probability min(1, λp/q)", "prob"), ("top-1 match", "top1")],
+                                           value=D["accept"], label="Acceptance rule", elem_id="accept")
+                    view.tau = gr.Slider(0.05, 1.0, value=D["tau"], step=0.05, elem_id="tau",
+                                         label="τ: a scale passes when this share of its tokens is accepted")
+                    view.lenience = gr.Slider(1.0, 10.0, value=D["lenience"], step=0.5, label="λ (lenience ≥ 1)",
+                                              elem_id="lenience")
+                    view.adaptive_gamma = gr.Checkbox(D["adaptive_gamma"], elem_id="adaptive-gamma", label="adaptive γ "
+                                                      "(+1 after a clean round, −1 after a failed first scale)")
+                    view.keep_draft_rejected = gr.Checkbox(D["keep_draft_rejected"], elem_id="keep-draft-rejected",
+                                                           label="relaxed: keep the draft's rejected tokens in "
+                                                                 "passing scales")
+                    gr.Markdown("τ = 1, λ = 1 with the probability rule is exact: the output has the target's "
+                                "distribution.")
+                view.cfg = gr.Slider(0.0, 8.0, value=D["cfg"], step=0.1, label="CFG scale", elem_id="cfg")
+                view.top_k = gr.Slider(0, 1000, value=D["top_k"], step=1, label="top-k (0 = off)", elem_id="top-k")
+                view.top_p = gr.Slider(0.05, 1.0, value=D["top_p"], step=0.05, label="top-p (1 = off)", elem_id="top-p")
+                view.precision = gr.Radio(["fp32", "bf16", "fp16"], value=D["precision"], visible=on_cuda,
+                                          label="Precision (autocast on CUDA)", elem_id="precision")
+                view.more_smooth = gr.Checkbox(D["more_smooth"], elem_id="more-smooth",
+                                               label="more_smooth: soft codebook mixture in f_hat "
+                                                     "(VAR's visual option; not in speculative mode)")
+        with gr.Column(scale=3):
+            view.showing = gr.Markdown("", elem_id="showing")
+            with gr.Row(elem_id="headline"):
+                view.target_calls = gr.Number(label="target calls", interactive=False, elem_id="target-calls")
+                view.draft_calls = gr.Number(label="draft calls", interactive=False, elem_id="draft-calls")
+                view.wall = gr.Textbox(label="wall time", interactive=False, elem_id="wall-time")
+                view.speedup = gr.Textbox(label="speed-up vs target only", interactive=False, elem_id="speedup")
+            with gr.Row():
+                image = dict(type="numpy", format="png", interactive=False, height=256)
+                view.final_image = gr.Image(label="this run", elem_id="final-image", **image)
+                view.target_image = gr.Image(label="target only (same seed)", elem_id="target-image", **image)
+                view.draft_image = gr.Image(label="draft only (same seed)", elem_id="draft-image", **image)
+            view.summary = gr.Markdown(elem_id="summary")
+    with gr.Row():
+        view.scale = gr.Slider(1, K, value=K, step=1, label="Scale (scrub through the generation)",
+                               elem_id="scale-slider", scale=5)
+        view.play = gr.Button("▶ play scales", scale=1, elem_id="play")
+    view.scale_md = gr.Markdown(elem_id="scale-summary")
+    view.token_grid = gr.Plot(label="picture and token grid at this scale", elem_id="token-grid")
+    view.acceptance = gr.Plot(label="acceptance per scale", elem_id="acceptance")
+    view.timeline = gr.Plot(label="timeline", elem_id="timeline")
+
+
+def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]]) -> None:
+    """This tab's events, the model picker's and the precomputed examples'."""
+    listen(view, view.model.change, on_model, bank, view, public="select_model",
+           outputs=("model_state", "model", "model_md", "class_name", "class_id"))
+    listen(view, view.mode.change, on_mode, view, outputs=("schedule_group", "spec_group"))
+    listen(view, view.generate_btn.click, gpu(duration=60)(on_generate), bank, view, public="generate",
+           outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="model", concurrency_limit=1,
+           show_progress_on=[view.final_image, view.token_grid])
+    listen(view, view.scale.input, scale_view, view, public="scale_view", outputs=("token_grid", "scale_md"),
+           trigger_mode="always_last", show_progress="hidden")
+    listen(view, view.play.click, on_play, view, outputs=("scale", "token_grid", "scale_md"), show_progress="hidden")
+    listen(view, view.example.input, show_bundle, view, bundles, public="load_example", outputs=RUN_OUTPUTS + INPUTS)
+    first = bundles[0][0] if bundles else None   # every new page opens on the first precomputed run
+    demo.load(functools.partial(show_bundle, view, bundles, example=first), None, view.outputs(*RUN_OUTPUTS, *INPUTS),
+              api_visibility="private")
+
+
+# ---- callbacks ----------------------------------------------------------------------------------
+
+def on_model(bank, view: View, *, model, progress=gr.Progress()) -> dict:
+    """Load the chosen pair; on failure warn and fall back to the embedded pair."""
+    progress(0, desc=f"loading {MODELS.get(model, model)} (official weights: several GB)")
+    try:
+        pair = bank.get(model)
+    except ValueError as e:
+        gr.Warning(f"{e} — using the embedded pair instead.", duration=15)
+        model, pair = "tiny", bank.get("tiny")
+    names = pair.class_names or []
+    return {view.model_state: model, view.model: gr.Dropdown(value=model),
+            view.model_md: pair_info(pair, bank.notes.get(model, "")),
+            view.class_name: gr.Dropdown(choices=names, value=names[0] if names else None, visible=bool(names)),
+            view.class_id: gr.Number(visible=not names)}
+
+
+def on_mode(view: View, *, mode) -> dict:
+    return {view.schedule_group: gr.Group(visible=mode == "schedule"),
+            view.spec_group: gr.Group(visible=mode == "speculative")}
+
+
+def on_generate(bank, view: View, *, model_state, progress=gr.Progress(), **inputs) -> dict:
+    """Run the chosen mode plus target-only and draft-only comparisons; render everything."""
+    pair = bank.get(model_state)
+    cls = class_index(pair, inputs["class_name"], inputs["class_id"])
+    progress(0, desc="starting")
+    runs = run_click(pair, inputs["mode"], cls, inputs["seed"], click_settings(inputs),
+                     lambda done, total, desc: progress((done, total), desc=desc))
+    label = pair.class_names[cls] if pair.class_names else f"class {cls}"
+    return render_run(view, runs, f"your run — {inputs['mode']}, {label}, seed {int(inputs['seed'])}",
+                      pair.class_names)
+
+
+def render_run(view: View, runs: dict, title: str, class_names=None) -> dict:
+    """Every output of RUN_OUTPUTS for a click's runs; the scale view at the last scale."""
+    main = runs["main"]
+    K = len(main.scales)
+    h = headline(main, runs["target"], runs["draft"])
+    img = lambda t: viz.upscale(t.images[0])  # noqa: E731
+    return {view.runs: runs, view.showing: f"Showing: {title}",
+            view.target_calls: h["target_calls"], view.draft_calls: h["draft_calls"],
+            view.wall: f"{h['wall_s']:.2f} s", view.speedup: f"{h['speedup']:.2f}×",
+            view.final_image: img(main), view.target_image: img(runs["target"]), view.draft_image: img(runs["draft"]),
+            view.summary: summary_markdown(runs, h, class_names),
+            view.scale: gr.Slider(minimum=1, maximum=K, value=K, step=1),
+            **scale_view(view, runs=runs, scale=K),
+            view.acceptance: viz.acceptance_figure(main),
+            view.timeline: viz.timeline_figure(main, runs["target"] if runs["target"] is not main else None),
+            view.shape_table: shape_frame(runs, "all", "all")}
+
+
+def summary_markdown(runs: dict, h: dict, class_names=None) -> str:
+    """The paragraph under the pictures: what ran, calls, times, acceptance, agreement (headline h)."""
+    st = runs["main"].settings
+    cls = st["class_ids"][0]
+    label = class_names[cls] if class_names and cls < len(class_names) else f"class {cls}"
+    lines = [f"**{st['mode']}** run of **{st.get('pair', '')}** ({label}, seed {st['seed']}): "
+             f"**{h['target_calls']} target calls** instead of {h['target_only_calls']}, "
+             f"{h['draft_calls']} draft calls. Generation took **{h['wall_s']:.2f} s** against "
+             f"**{h['target_only_wall_s']:.2f} s** for target only → **{h['speedup']:.2f}×** "
+             f"{'faster' if h['speedup'] >= 1 else '(slower)'}; draft only took {h['draft_only_wall_s']:.2f} s."]
+    if h["verified_tokens"]:
+        lines.append(f"The target accepted **{h['accepted_tokens']} of {h['verified_tokens']}** drafted tokens "
+                     f"({h['accepted_tokens'] / h['verified_tokens']:.0%}).")
+    agree = f"{h['token_agreement']:.0%} of the final tokens equal the target-only run's."
+    if st["mode"] == "speculative" and settings_of(runs["main"]).exact:
+        agree += " (The exact rule keeps the target's distribution, not its individual samples.)"
+    lines.append(agree)
+    lines.append("All numbers come from the three runs of this click; wall time leaves out the per-scale preview "
+                 "decodes. With small models much of the time goes to sampling, decoding and Python rather than "
+                 "the transformer, so wall-clock speed-ups are small and noisy; target calls saved is the robust "
+                 "number.")
+    return "\n\n".join(lines)
+
+
+def scale_view(view: View, *, runs, scale) -> dict:
+    """The token-grid figure and the scale summary for the 1-based scale slider."""
+    if not runs:
+        return {view.token_grid: None,
+                view.scale_md: "Run a generation (or pick a precomputed run) to scrub through its scales."}
+    k = int(scale) - 1
+    return {view.token_grid: viz.token_grid_figure(runs["main"], k), view.scale_md: viz.scale_summary(runs["main"], k)}
+
+
+def on_play(view: View, *, runs):
+    """Step the scale view from the first to the last scale."""
+    if not runs:
+        raise gr.Error("Nothing to play yet: generate a run or pick a precomputed one.")
+    for k in range(1, len(runs["main"].scales) + 1):
+        yield {view.scale: k, **scale_view(view, runs=runs, scale=k)}
+        time.sleep(0.45)
+
+
+def show_bundle(view: View, bundles, *, example) -> dict:
+    """A precomputed run: its outputs and the inputs it was made with (none found: nothing changes)."""
+    match = [p for t, p in bundles if t == example]
+    if not match:
+        return gr.skip()
+    runs, inputs, title = load_bundle(match[0])
+    names = list(CLASS_NAMES) if runs["main"].settings.get("pair", "").startswith("tiny") else None
+    return {**render_run(view, runs, f"precomputed — {title}", names),
+            **{getattr(view, k): inputs[k] for k in INPUTS if k in inputs}}
