@@ -333,7 +333,8 @@ class PairRecipe:
                        real=50, spec_samples=4)
 
     def stages(self, work: Path, common: list[str]) -> list[tuple[str, str, list[str], Path]]:
-        """(name, module, argv, output stem) of every training stage, in order."""
+        """(name, module, argv, output stem) of every training stage, in order (the cheap draft before the
+        target, so that a problem with the data or the tokens shows early)."""
         w = lambda name: str(work / name)  # noqa: E731
         var = ["var", "--vqvae", w("vqvae"), "--batch-size", str(self.var_batch_size), "--images", str(self.images),
                "--eval-images", str(self.eval_images), "--data-cache", w("tokens.pt"), "--warmup", str(self.warmup),
@@ -344,14 +345,14 @@ class PairRecipe:
             ("vqvae", "train", ["vqvae", "--out", w("vqvae"), "--steps", str(self.vqvae_steps), "--batch-size",
                                 str(self.vqvae_batch_size), "--lr", "2e-3", "--pool", str(self.vqvae_pool),
                                 "--ckpt-every", "100", "--seed", "0", "--resume", *common], work / "vqvae"),
-            ("target", "train", var + ["--out", w("target"), "--depth", str(self.target[0]), "--width",
-                                       str(self.target[1]), "--heads", str(self.target[2]), "--steps",
-                                       str(self.target_steps), "--lr", str(self.target_lr), "--seed", "1"],
-             work / "target"),
             ("draft", "train", var + ["--out", w("draft"), "--depth", str(self.draft[0]), "--width",
                                       str(self.draft[1]), "--heads", str(self.draft[2]), "--steps",
                                       str(self.draft_steps), "--lr", str(self.draft_lr), "--seed", "2"],
              work / "draft"),
+            ("target", "train", var + ["--out", w("target"), "--depth", str(self.target[0]), "--width",
+                                       str(self.target[1]), "--heads", str(self.target[2]), "--steps",
+                                       str(self.target_steps), "--lr", str(self.target_lr), "--seed", "1"],
+             work / "target"),
         ]
 
 
