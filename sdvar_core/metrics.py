@@ -211,7 +211,7 @@ def _train_cli(args: argparse.Namespace) -> None:
     print(json.dumps({k: v for k, v in meta.items() if k != "heldout_per_class"}))
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdvar_core.metrics", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("train", help="train the FID-tiny classifier and save it")
@@ -222,6 +222,11 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2, help="torch threads; 1 is faster on a busy machine")
     p.add_argument("--heldout", type=int, default=2000, help="fresh held-out images for the accuracy")
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.heldout < NUM_CLASSES:
         parser.error(f"--heldout must be >= {NUM_CLASSES} (one image per class), got {args.heldout}")

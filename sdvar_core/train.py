@@ -406,7 +406,7 @@ def train_all(args) -> dict:
     return times
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sdvar_core.train", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="model", required=True)
     p = sub.add_parser("vqvae", help="train the tiny multi-scale VQ-VAE (config.TINY_VQVAE)")
@@ -439,7 +439,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
     p.add_argument("--quick", action="store_true", help="tiny step counts: a dry run of every stage")
     p.add_argument("--skip-card", action="store_true", help="stop after installing the weights")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     if args.model == "all":
         train_all(args)
         return
