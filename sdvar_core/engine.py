@@ -3,10 +3,12 @@
 The engine owns the per-run state — each model's KV cache (`Runner`), the shared latent
 canvas of final tokens (`Canvas`) — and records the Trace while it runs.
 `generate(pair, mode, class_ids, seed, **settings)` is the public entry.
+
+Precision: with 'bf16' (CUDA, or a CPU with native bf16) or 'fp16' (CUDA) the model calls and the
+final decode run under autocast; sampling, acceptance tests and the latent canvas stay fp32.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from . import masks
-from .runtime import PRECISIONS, autocast_for
+from .runtime import PRECISIONS, autocast_for, autocast_session, check_precision
 from .sampling import cfg_mix, check_sampling_args, guidance, probabilities, sample, smooth_weights
 from .trace import DRAFT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
 
@@ -72,7 +74,7 @@ class Settings:
     lenience: float = 1.0          # λ ≥ 1; λ = 1 and τ = 1 with 'prob' is the exact (lossless) rule
     keep_draft_rejected: bool = False  # relaxed: keep the draft's rejected tokens in passing scales (original SDVAR code)
     verify_mask: int = 3           # attention rule of the target's verification forward
-    precision: str = "fp32"        # 'fp32', or 'bf16'/'fp16' autocast on CUDA
+    precision: str = "fp32"        # 'fp32', or autocast: 'bf16' (CUDA, CPUs with native bf16), 'fp16' (CUDA)
     progressive: bool = True       # decode the picture after every scale for the trace
     more_smooth: bool = False      # VAR's soft (Gumbel-softmax) codebook mixture in f_hat; not in speculative mode
 
@@ -251,9 +253,8 @@ class Run:
         self.g_sample = torch.Generator(device=device).manual_seed(int(seed))
         self.g_accept = torch.Generator(device=device).manual_seed((int(seed) * LCG_MULTIPLIER + LCG_INCREMENT) % 2**63)
         self.canvas = Canvas(pair.vqvae, len(class_ids), self.rec)
-        # mixed precision on CUDA only; elsewhere the run stays in fp32 whatever `precision` says
-        autocast = autocast_for(device, settings.precision) if device.type == "cuda" else contextlib.nullcontext
-        self.runners = {name: Runner(name, getattr(pair, name), class_ids, self.canvas, self.rec, autocast)
+        self.autocast = autocast_for(device, settings.precision)   # each model call and the decode
+        self.runners = {name: Runner(name, getattr(pair, name), class_ids, self.canvas, self.rec, self.autocast)
                         for name in ("draft", "target")}
         self.records: dict[int, ScaleRecord] = {}
         self.rounds = []
@@ -295,7 +296,7 @@ def run_schedule(run: Run, schedule: str) -> None:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [0, 1] → (..., H, W, 3) uint8 (rounded)."""
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
+    return (images.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -319,6 +320,8 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     s.validate(mode, pair.layout.num_scales)
     if accept_override is not None and mode != "speculative":
         raise ValueError(f"accept_override applies to speculative mode only, not {mode!r}")
+    device = pair.target.device
+    check_precision(device, s.precision)
     if isinstance(class_ids, int):
         class_ids = [class_ids]
     class_ids = torch.as_tensor(list(class_ids), dtype=torch.long).view(-1)
@@ -326,22 +329,27 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
         raise ValueError("class_ids is empty")
     if int(class_ids.min()) < 0 or int(class_ids.max()) >= pair.num_classes:
         raise ValueError(f"class ids must be in [0, {pair.num_classes}), got {class_ids.tolist()}")
-    class_ids = class_ids.to(pair.target.device)
+    class_ids = class_ids.to(device)
 
-    run = Run(pair, class_ids, seed, s)
-    run.on_scale, run.accept_override = on_scale, accept_override
-    if mode == "speculative":
-        from .speculative import run_speculative
-        run_speculative(run)
-    else:
-        run_schedule(run, s.schedule_string(mode, run.K))
-    t_loop = run.rec.now()
-    images = to_uint8(pair.vqvae.fhat_to_image(run.canvas.fhats[-1]))
-    t_total = run.rec.now()
+    with autocast_session(device, s.precision):   # casts of the weights are made once per run
+        run = Run(pair, class_ids, seed, s)
+        run.on_scale, run.accept_override = on_scale, accept_override
+        if mode == "speculative":
+            from .speculative import run_speculative
+            run_speculative(run)
+        else:
+            run_schedule(run, s.schedule_string(mode, run.K))
+        t_loop = run.rec.now()
+        with run.autocast():
+            images = to_uint8(pair.vqvae.fhat_to_image(run.canvas.fhats[-1]))
+        t_total = run.rec.now()
+        frames = None
+        if s.progressive:
+            with run.autocast():
+                frames = to_uint8(pair.vqvae.fhat_to_image(torch.cat(run.canvas.fhats)))
 
     scales = [run.records[k] for k in range(run.K)]
-    if s.progressive:
-        frames = to_uint8(pair.vqvae.fhat_to_image(torch.cat(run.canvas.fhats)))
+    if frames is not None:
         for k, rec in enumerate(scales):
             rec.image = frames[k * len(class_ids):(k + 1) * len(class_ids)]
     transformer = sum(c.seconds for c in run.rec.calls)

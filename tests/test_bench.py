@@ -222,7 +222,7 @@ def test_cli_rejects_bad_arguments(argv, message, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "--device", "cpu", "--precision", "bf16"], "needs CUDA"),
+    (["generate", "--device", "cpu", "--precision", "fp16"], "not available on cpu"),
     (["modes", "--pair", "nope", "--device", "cpu"], "--pair must be"),
     (["report", "--pair", "random", "--classifier", "no/such/stem", "--device", "cpu"], "classifier not found"),
     (["profile", "--pair", "random", "--row", "nope", "--device", "cpu"], "unknown row"),

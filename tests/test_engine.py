@@ -207,6 +207,7 @@ def test_trace_shapes_are_captured(models):
     (dict(mode="fast"), "mode"), (dict(mode="target", cfg=-1), "cfg"), (dict(mode="target", top_p=0), "top_p"),
     (dict(mode="target", top_k=-2), "top_k"), (dict(mode="target", nonsense=1), "nonsense"),
     (dict(mode="speculative", accept="kl"), "accept"), (dict(mode="speculative", verify_mask=0), "verify_mask"),
+    (dict(mode="target", precision="fp16"), "precision"), (dict(mode="target", precision="fp64"), "precision"),
 ])
 def test_bad_settings_name_the_setting(models, kw, match):
     vq, draft, target = models

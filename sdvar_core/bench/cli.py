@@ -50,7 +50,7 @@ import torch
 
 from ..checkpoints import load_classifier
 from ..config import CLASSIFIER_STEM, preset
-from ..runtime import PRECISIONS, machine_name, resolve_device
+from ..runtime import PRECISIONS, check_precision, machine_name, resolve_device
 from .floors import run_floor, run_generate, run_profile
 from .harness import TARGET_ROW, table_rows
 from .pairs import get_pair, random_official_pair
@@ -111,8 +111,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 
 def _precision(args, device: torch.device) -> str:
-    if args.precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"--precision {args.precision} needs CUDA (the engine autocasts only there); use fp32 on CPU")
+    check_precision(device, args.precision)   # bf16: CUDA or a CPU with native bf16; fp16: CUDA
     return args.precision
 
 
