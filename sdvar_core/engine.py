@@ -67,7 +67,7 @@ class Settings:
     entry_num: int | None = None   # schedule shorthand: 'D'*e + 'T'*(10-e)
     schedule: str | None = None    # one letter per scale, 'D' or 'T'
     sd_mask: int = 3               # attention rule of the incoming model's prefill at a switch
-    gamma: int = 2                 # scales drafted per speculative round
+    gamma: int | str = 2           # scales drafted per speculative round, or "auto": planned before each round
     adaptive_gamma: bool = False   # +1 after a fully accepted round, −1 after a round whose first scale failed
     accept: str = "prob"           # 'prob' (min(1, λp/q)) or 'top1' (draft token == argmax p)
     tau: float = 1.0               # a scale passes when its accepted fraction ≥ τ (1 = every token)
@@ -90,8 +90,10 @@ class Settings:
             raise ValueError(f"sd_mask must be an integer in 0..5, got {self.sd_mask}")
         if self.verify_mask not in range(1, 6):
             raise ValueError(f"verify_mask must be an integer in 1..5 (0 would drop the target's prefix), got {self.verify_mask}")
-        if int(self.gamma) != self.gamma or self.gamma < 1:
-            raise ValueError(f"gamma must be an integer >= 1, got {self.gamma}")
+        if self.gamma != "auto" and (isinstance(self.gamma, str) or int(self.gamma) != self.gamma or self.gamma < 1):
+            raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}")
+        if self.gamma == "auto" and self.adaptive_gamma:
+            raise ValueError("adaptive_gamma and gamma='auto' both choose γ: use one of them")
         if self.accept not in ("prob", "top1"):
             raise ValueError(f"accept must be 'prob' or 'top1', got {self.accept!r}")
         if not 0 < self.tau <= 1:
@@ -244,8 +246,8 @@ class Runner:
 class Run:
     """Everything one `generate` call shares: pair, settings, generators, canvas, runners, trace records."""
 
-    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings):
-        self.pair, self.s = pair, settings
+    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings, planner=None):
+        self.pair, self.s, self.planner = pair, settings, planner   # planner: gamma="auto" (planner.Planner)
         self.layout = pair.layout
         self.K = self.layout.num_scales
         device = pair.target.device
@@ -276,21 +278,24 @@ class Run:
         if self.on_scale is not None:
             self.on_scale(len(self.records), self.K)
 
+    def make_scale(self, name: str, k: int, kind: str = "step", rule: int = 3) -> None:
+        """Model `name` makes scale k alone: its call, its distribution, a sample, the canvas, the record."""
+        logits = self.runners[name].forward_upto(k, kind, rule, current=k)[k]
+        p = self.distribution(logits, k, name)
+        idx = sample(p, self.g_sample)
+        soft = smooth_weights(p, k, self.K, self.g_sample) if self.s.more_smooth else None
+        self.canvas.push(k, idx, name, soft)
+        self.record_scale(k, name, idx, torch.full_like(idx, DRAFT if name == "draft" else TARGET))
+
 
 def run_schedule(run: Run, schedule: str) -> None:
     """Each scale made by the model its letter names; a switch prefills the incoming model under sd_mask."""
     previous = None
     for k, letter in enumerate(schedule):
         name = "draft" if letter == "D" else "target"
-        runner = run.runners[name]
         switch = previous is not None and name != previous
         kind, rule = ("prefill", run.s.sd_mask) if switch else ("step", 3)
-        logits = runner.forward_upto(k, kind, rule, current=k)[k]
-        p = run.distribution(logits, k, name)
-        idx = sample(p, run.g_sample)
-        soft = smooth_weights(p, k, run.K, run.g_sample) if run.s.more_smooth else None
-        run.canvas.push(k, idx, name, soft)
-        run.record_scale(k, name, idx, torch.full_like(idx, DRAFT if name == "draft" else TARGET))
+        run.make_scale(name, k, kind, rule)
         previous = name
 
 
@@ -301,7 +306,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
-             accept_override: Callable[[int], bool] | None = None, **settings) -> Result:
+             accept_override: Callable[[int], bool] | None = None, planner=None, **settings) -> Result:
     """Generate images with `pair` in `mode` ('target', 'draft', 'schedule', 'speculative').
 
     class_ids: int or sequence of B ints; settings: fields of `Settings`.
@@ -311,6 +316,9 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     of k for every sample; False rejects them all (the scale is finalized with the rule's
     replacements and ends the round). The model calls are then those the engine makes for that
     sequence of verdicts. The trace's settings say `forced_acceptance: True`.
+    planner (gamma="auto"): a `planner.Planner` that picks γ before each round; by default the one
+    `calibration.planner_for` keeps for this pair, batch and settings (measured on first use, then
+    refreshed from every run's trace). Each round's plan is in `trace.rounds[i].plan`.
     Returns Result(images (B, H, W, 3) uint8, trace).
     """
     unknown = set(settings) - set(Settings.__dataclass_fields__)
@@ -330,9 +338,17 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     if int(class_ids.min()) < 0 or int(class_ids.max()) >= pair.num_classes:
         raise ValueError(f"class ids must be in [0, {pair.num_classes}), got {class_ids.tolist()}")
     class_ids = class_ids.to(device)
+    auto = mode == "speculative" and s.gamma == "auto"
+    calibrated = auto and planner is None
+    if calibrated and accept_override is not None:
+        raise ValueError("gamma='auto' with accept_override needs its own planner (forced verdicts would "
+                         "teach the shared one false pass probabilities)")
+    if calibrated:
+        from .calibration import planner_for
+        planner = planner_for(pair, len(class_ids), s)
 
     with autocast_session(device, s.precision):   # casts of the weights are made once per run
-        run = Run(pair, class_ids, seed, s)
+        run = Run(pair, class_ids, seed, s, planner if auto else None)
         run.on_scale, run.accept_override = on_scale, accept_override
         if mode == "speculative":
             from .speculative import run_speculative
@@ -363,4 +379,7 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
                   timings={"total": t_total, "transformer": transformer, "decode": t_total - t_loop,
                            "overhead": t_loop - transformer, "progressive": run.rec.now() - t_total},
                   images=images)
+    if calibrated:   # the measured costs follow the machine's present speed
+        from .calibration import refresh
+        refresh(pair, len(class_ids), s, trace)
     return Result(images=images, trace=trace)
