@@ -21,6 +21,7 @@ import os
 import threading
 import weakref
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -180,10 +181,15 @@ def fingerprint(pair: Pair) -> str:
     return _FINGERPRINTS[id(pair)][1]
 
 
+@lru_cache(maxsize=None)
+def _machine(device: str, threads: int) -> str:
+    return machine_name(torch.device(device))
+
+
 def cost_key(pair: Pair, batch: int, precision: str) -> str:
-    device = pair.target.device
-    return (f"{fingerprint(pair)}|{machine_name(device)}|{device}|{precision}|threads {torch.get_num_threads()}"
-            f"|batch {int(batch)}")
+    """What the timings depend on: the pair, the machine, device, precision, intra-op threads, batch size."""
+    device, threads = pair.target.device, torch.get_num_threads()
+    return f"{fingerprint(pair)}|{_machine(str(device), threads)}|{device}|{precision}|threads {threads}|batch {int(batch)}"
 
 
 def pass_key(settings: Settings) -> str:

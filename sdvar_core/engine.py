@@ -92,7 +92,7 @@ class Settings:
             raise ValueError(f"verify_mask must be an integer in 1..5 (0 would drop the target's prefix), got {self.verify_mask}")
         if self.gamma != "auto" and (isinstance(self.gamma, str) or int(self.gamma) != self.gamma or self.gamma < 1):
             raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}")
-        if self.gamma == "auto" and self.adaptive_gamma:
+        if mode == "speculative" and self.gamma == "auto" and self.adaptive_gamma:
             raise ValueError("adaptive_gamma and gamma='auto' both choose γ: use one of them")
         if self.accept not in ("prob", "top1"):
             raise ValueError(f"accept must be 'prob' or 'top1', got {self.accept!r}")

@@ -208,7 +208,7 @@ class PassEstimator:
 
     def estimate(self) -> list[float]:
         w, m = self.prior_weight, self.prior_mean
-        return [(s + w * m) / (n + w) for s, n in zip(self.sums, self.counts)]
+        return [(s + w * m) / (n + w) if n + w > 0 else m for s, n in zip(self.sums, self.counts)]
 
     @property
     def observations(self) -> float:
