@@ -98,7 +98,8 @@ class Timings:
         return tuple(float(v) for v in coef / scale)
 
     def costs(self, layout) -> Costs:
-        """The planner's costs: measured means where measured, the fit elsewhere."""
+        """The planner's costs: measured means where measured, the fit elsewhere; a window costs at least
+        as much as every window inside it."""
         K = self.num_scales
         tables = {}
         for model in ("draft", "target"):
@@ -109,6 +110,10 @@ class Timings:
                     n, kv = layout.ends[e] - layout.starts[s], layout.ends[e]
                     measured = self.calls.get(f"{model} {s} {e}")
                     table[s][e] = measured[0] if measured else a + b * n + c * n * kv
+            for e in range(K):   # a window never costs less than one it contains (noise could say so)
+                for s in reversed(range(e + 1)):
+                    table[s][e] = max(table[s][e], table[s][e - 1] if e > s else 0.0,
+                                      table[s + 1][e] if s < e else 0.0)
             tables[model] = table
         make = [max(self.make.get(str(k), (0.0, 0))[0], 0.0) for k in range(K)]
         judge = [max(self.judge[str(k)][0], 0.0) if str(k) in self.judge else make[k] for k in range(K)]

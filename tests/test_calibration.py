@@ -53,3 +53,18 @@ def test_calibration_is_cached_on_disk_and_refreshed_by_runs(random_pair, tmp_pa
     calibration.refresh(random_pair, 1, Settings(gamma="auto", cfg=2.0), tr)
     assert again.costs != before
     calibration.forget()
+
+
+def test_windows_never_cost_less_than_the_windows_inside_them(random_pair):
+    """Noisy timings must not let the planner believe that feeding more scales is cheaper."""
+    timings = calibration.Timings(K)
+    for k in range(K):
+        timings.calls[f"target {k} {k}"] = [0.010 * (k + 1), 1]
+        timings.calls[f"draft {k} {k}"] = [0.001 * (k + 1), 1]
+    timings.calls["target 7 8"] = [0.001, 1]   # a noisy, impossibly cheap window
+    c = timings.costs(random_pair.layout)
+    for table in (c.target, c.draft):
+        for s in range(K):
+            for e in range(s, K):
+                assert table[s][e] >= max(table[s][e - 1] if e > s else 0, table[s + 1][e] if s < e else 0)
+    assert c.target[7][8] >= c.target[8][8] == pytest.approx(0.09)
