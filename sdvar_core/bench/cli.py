@@ -333,7 +333,7 @@ def cmd_predict(args, device, out, section) -> None:
         body = text.split(begin, 1)[1].split(end, 1)[0]
         title = next((ln.lstrip("# ").strip() for ln in body.splitlines() if ln.startswith("#")), name)
         parts.append(predict_patterns(body, title))
-    emit("## γ planner on the measured call patterns\n\n" + "\n".join(parts), out, section)
+    emit("### γ planner on the measured call patterns\n\n" + "\n".join(parts), out, section)
 
 
 def cmd_official(args, device, out, section) -> None:

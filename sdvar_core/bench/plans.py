@@ -152,7 +152,7 @@ def predict_patterns(text: str, title: str, accepts=(0.0, 0.5, 0.8, 1.0), gammas
             measured = rows.get(f"spec γ={g} forced acceptance {a:g}")
             fixed.append(f"{base / policy_value(costs, [a] * K, g):.2f} / {fmt(measured[3] if measured else None, 2)}")
         lines.append([f"{a:g}", f"{base / sol.value[0][0]:.2f}", " ".join(map(str, plan))] + fixed)
-    head = (f"### Planner prediction: {title}\n\n"
+    head = (f"#### Planner prediction: {title}\n\n"
             f"- per-call costs from the table's own rows (`pattern_costs`): target step "
             f"{1000 * costs.target[0][0]:.1f} ms, draft step {1000 * costs.draft[0][0]:.1f} ms, target window of "
             f"2/4/10 scales {1000 * costs.target[0][1]:.1f}/{1000 * costs.target[0][3]:.1f}/"
