@@ -18,7 +18,7 @@ def settings(mode="speculative", **kw):
 @pytest.fixture(scope="module")
 def click(random_pair):
     calls = []
-    runs = explore.run_click(random_pair, "speculative", 4, 9, settings(), lambda *a: calls.append(a))
+    runs = explore.run_click(random_pair, "speculative", 4, 9, settings(gamma_auto=False), lambda *a: calls.append(a))
     return runs, calls
 
 
@@ -92,7 +92,7 @@ def test_more_smooth_reaches_the_engine(random_pair):
 
 def test_settings_of_a_trace(click):
     runs, _ = click
-    assert explore.settings_of(runs["main"]) == Settings(**settings())
+    assert explore.settings_of(runs["main"]) == Settings(**settings(gamma_auto=False))
     assert explore.settings_of(runs["main"]).exact
 
 
