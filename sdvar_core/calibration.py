@@ -236,13 +236,18 @@ def _save(key: str, timings: Timings, passes: dict[str, PassEstimator]) -> None:
         pass   # a read-only home: the in-memory cache still works
 
 
-def planner_for(pair: Pair, batch: int, settings: Settings, log=None) -> Planner:
-    """The planner for `pair` at this batch size and these settings: cached, else loaded, else calibrated."""
+def planner_for(pair: Pair, batch: int, settings: Settings, log=None, fresh: bool = False) -> Planner:
+    """The planner for `pair` at this batch size and these settings: cached, else loaded, else calibrated.
+    fresh: calibrate now, whatever the memory and disk caches hold (benchmarks: the machine as it is)."""
     ck, pk = cost_key(pair, batch, settings.precision), pass_key(settings)
     with _LOCK:
+        if fresh:
+            _TIMINGS.pop(ck, None)
+            for key in [k for k in _PLANNERS if k[0] == ck]:
+                del _PLANNERS[key]
         if (ck, pk) in _PLANNERS:
             return _PLANNERS[(ck, pk)]
-        stored = _load(ck)
+        stored = None if fresh else _load(ck)
         passes = {}
         if ck not in _TIMINGS and stored is not None:
             _TIMINGS[ck] = Timings(**stored["timings"])

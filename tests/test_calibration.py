@@ -68,3 +68,16 @@ def test_windows_never_cost_less_than_the_windows_inside_them(random_pair):
             for e in range(s, K):
                 assert table[s][e] >= max(table[s][e - 1] if e > s else 0, table[s + 1][e] if s < e else 0)
     assert c.target[7][8] >= c.target[8][8] == pytest.approx(0.09)
+
+
+def test_fresh_calibration_ignores_the_caches(random_pair, monkeypatch):
+    calibration.forget()
+    settings = Settings(gamma="auto")
+    first = calibration.planner_for(random_pair, 1, settings)
+    runs = []
+    real = calibration.calibrate
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: runs.append(k) or real(*a, **k))
+    assert calibration.planner_for(random_pair, 1, settings) is first and runs == []
+    again = calibration.planner_for(random_pair, 1, settings, fresh=True)
+    assert again is not first and runs == [{"passes_only": False}]
+    calibration.forget()

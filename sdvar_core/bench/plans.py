@@ -50,9 +50,8 @@ def run_planner(pair: Pair, device: torch.device, *, batches, repeats: int, seed
     for b in batches:
         s = Settings(**{**settings, "gamma": "auto"})
         t = time.perf_counter()
-        planner = calibration.planner_for(pair, b, s)   # before the timed repeats
-        notes.append(f"- batch {b}: calibration {time.perf_counter() - t:.1f} s "
-                     f"({'from the cache' if time.perf_counter() - t < 0.05 else 'measured now'}); "
+        planner = calibration.planner_for(pair, b, s, fresh=True)   # measured now, before the timed repeats
+        notes.append(f"- batch {b}: calibration {time.perf_counter() - t:.1f} s; "
                      + calibration.describe(planner.costs).replace("\n", "; ")
                      + "; pass prior " + " ".join(f"{p:.2f}" for p in planner.estimator.estimate()))
         print(notes[-1], flush=True)
@@ -77,7 +76,7 @@ def run_planner(pair: Pair, device: torch.device, *, batches, repeats: int, seed
             f"{time.perf_counter() - t0:.0f} s in all; wall s: one repeat of a row (all its seeds); speed-up: "
             f"target-only wall ÷ row wall per repeat, median [min–max]\n"
             f"- auto: `gamma=\"auto\"` with the calibrated planner of this pair, batch and settings (calibrated "
-            f"before the timed repeats, refreshed by every auto run); rounds by γ counts the rounds of all its "
+            f"afresh before the timed repeats, refreshed by every auto run); rounds by γ counts the rounds of all its "
             f"runs (γ = 0: the target made the scale alone)\n" + "\n".join(notes) + "\n")
     goal = ("\n### Goals\n\n" + markdown_table(
         ["batch", "auto vs target only", f"≥ {GOAL_VS_TARGET}", "best fixed γ", "auto vs best fixed γ (wall best ÷ auto)",
