@@ -24,7 +24,13 @@ the draft falls behind while the target works alone and catches up in one call),
 with r_s = 1, r_{k+1} = r_k π_k (scale k is judged when every earlier drafted scale passed; the
 first failing scale is finalized with its corrections and ends the round). A draft is chosen only
 when it beats γ = 0 by `margin` (a relative hysteresis towards the target alone: estimates are
-noisy, and a wrong draft costs more than a wrong γ = 0). Everything here is plain Python.
+noisy, and a wrong draft costs more than a wrong γ = 0). Everything here is plain Python (numpy
+for one product).
+
+Minimising the expected time to finish is "most finalized scales per unit of expected cost" with
+each scale weighted by what it costs the target alone, and looking past the current round: a
+per-round ratio of scales per second would count a 1×1 scale like a 16×16 one, and would not see
+that a round's outcome decides where the next one starts.
 """
 from __future__ import annotations
 
