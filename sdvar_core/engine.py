@@ -339,6 +339,8 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
         raise ValueError(f"class ids must be in [0, {pair.num_classes}), got {class_ids.tolist()}")
     class_ids = class_ids.to(device)
     auto = mode == "speculative" and s.gamma == "auto"
+    if planner is not None and not auto:
+        raise ValueError("planner applies to speculative mode with gamma='auto' only")
     calibrated = auto and planner is None
     if calibrated and accept_override is not None:
         raise ValueError("gamma='auto' with accept_override needs its own planner (forced verdicts would "

@@ -370,3 +370,5 @@ def test_auto_with_forced_verdicts_needs_its_own_planner(models):
     vq, draft, target = models
     with pytest.raises(ValueError, match="own planner"):
         generate(Pair(vq, draft, target), "speculative", [0], 0, gamma="auto", accept_override=lambda k: True)
+    with pytest.raises(ValueError, match="gamma='auto' only"):
+        generate(Pair(vq, draft, target), "speculative", [0], 0, gamma=2, planner=HistoryPlanner(10))
