@@ -9,7 +9,8 @@
 #       against the weight-read floor (params × bytes × 10 scales ÷ measured copy bandwidth) and the
 #       FLOP floor (÷ measured bf16 matmul rate);
 #   (b) random official d16 → d30, batch 1 and 16: the transformer calls of every mode's call pattern,
-#       run by the engine; speculative rows with forced per-scale acceptance (generate's accept_override);
+#       run by the engine; speculative rows with forced per-scale acceptance (generate's accept_override),
+#       fixed γ 1–4 and gamma="auto" (the planner, calibrated on the GPU first, knowing the acceptance);
 #   (c) the embedded pair's modes table (skipped with a note when assets/tiny is absent).
 # Everything is printed and written to $OUT/gpu_bench.md (markdown) and $OUT/gpu_bench.log.
 # It only reads the GPU's state (nvidia-smi query); it changes no setting.

@@ -22,9 +22,9 @@ from sdvar_core.config import EXAMPLES_DIR  # noqa: E402
 # (file stem, title, Generate-tab inputs); unspecified inputs take explore.DEFAULT_INPUTS
 EXAMPLES = [
     ("01-speculative-exact", "speculative, exact rule (γ = 2) — heart, seed 0",
-     dict(class_name="heart", seed=0, mode="speculative", gamma=2)),
+     dict(class_name="heart", seed=0, mode="speculative", gamma=2, gamma_auto=False)),
     ("02-speculative-relaxed", "speculative, relaxed (γ = 3, τ = 0.8, λ = 2) — star, seed 1",
-     dict(class_name="star", seed=1, mode="speculative", gamma=3, tau=0.8, lenience=2.0)),
+     dict(class_name="star", seed=1, mode="speculative", gamma=3, gamma_auto=False, tau=0.8, lenience=2.0)),
     ("03-schedule-sdmask1", "schedule: draft makes scales 1–4, target the rest (sd_mask 1) — circle, seed 2",
      dict(class_name="circle", seed=2, mode="schedule", entry_num=4, sd_mask=1)),
     ("04-schedule-native", "schedule: draft makes scales 1–6, native mask (sd_mask 3) — checker, seed 3",

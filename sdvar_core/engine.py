@@ -3,10 +3,12 @@
 The engine owns the per-run state — each model's KV cache (`Runner`), the shared latent
 canvas of final tokens (`Canvas`) — and records the Trace while it runs.
 `generate(pair, mode, class_ids, seed, **settings)` is the public entry.
+
+Precision: with 'bf16' (CUDA, or a CPU with native bf16) or 'fp16' (CUDA) the model calls and the
+final decode run under autocast; sampling, acceptance tests and the latent canvas stay fp32.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from . import masks
-from .runtime import PRECISIONS, autocast_for
+from .runtime import PRECISIONS, autocast_for, autocast_session, check_precision
 from .sampling import cfg_mix, check_sampling_args, guidance, probabilities, sample, smooth_weights
 from .trace import DRAFT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
 
@@ -65,14 +67,14 @@ class Settings:
     entry_num: int | None = None   # schedule shorthand: 'D'*e + 'T'*(10-e)
     schedule: str | None = None    # one letter per scale, 'D' or 'T'
     sd_mask: int = 3               # attention rule of the incoming model's prefill at a switch
-    gamma: int = 2                 # scales drafted per speculative round
+    gamma: int | str = 2           # scales drafted per speculative round, or "auto": planned before each round
     adaptive_gamma: bool = False   # +1 after a fully accepted round, −1 after a round whose first scale failed
     accept: str = "prob"           # 'prob' (min(1, λp/q)) or 'top1' (draft token == argmax p)
     tau: float = 1.0               # a scale passes when its accepted fraction ≥ τ (1 = every token)
     lenience: float = 1.0          # λ ≥ 1; λ = 1 and τ = 1 with 'prob' is the exact (lossless) rule
     keep_draft_rejected: bool = False  # relaxed: keep the draft's rejected tokens in passing scales (original SDVAR code)
     verify_mask: int = 3           # attention rule of the target's verification forward
-    precision: str = "fp32"        # 'fp32', or 'bf16'/'fp16' autocast on CUDA
+    precision: str = "fp32"        # 'fp32', or autocast: 'bf16' (CUDA, CPUs with native bf16), 'fp16' (CUDA)
     progressive: bool = True       # decode the picture after every scale for the trace
     more_smooth: bool = False      # VAR's soft (Gumbel-softmax) codebook mixture in f_hat; not in speculative mode
 
@@ -88,8 +90,10 @@ class Settings:
             raise ValueError(f"sd_mask must be an integer in 0..5, got {self.sd_mask}")
         if self.verify_mask not in range(1, 6):
             raise ValueError(f"verify_mask must be an integer in 1..5 (0 would drop the target's prefix), got {self.verify_mask}")
-        if int(self.gamma) != self.gamma or self.gamma < 1:
-            raise ValueError(f"gamma must be an integer >= 1, got {self.gamma}")
+        if self.gamma != "auto" and (isinstance(self.gamma, str) or int(self.gamma) != self.gamma or self.gamma < 1):
+            raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}")
+        if mode == "speculative" and self.gamma == "auto" and self.adaptive_gamma:
+            raise ValueError("adaptive_gamma and gamma='auto' both choose γ: use one of them")
         if self.accept not in ("prob", "top1"):
             raise ValueError(f"accept must be 'prob' or 'top1', got {self.accept!r}")
         if not 0 < self.tau <= 1:
@@ -242,8 +246,8 @@ class Runner:
 class Run:
     """Everything one `generate` call shares: pair, settings, generators, canvas, runners, trace records."""
 
-    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings):
-        self.pair, self.s = pair, settings
+    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings, planner=None):
+        self.pair, self.s, self.planner = pair, settings, planner   # planner: gamma="auto" (planner.Planner)
         self.layout = pair.layout
         self.K = self.layout.num_scales
         device = pair.target.device
@@ -251,9 +255,8 @@ class Run:
         self.g_sample = torch.Generator(device=device).manual_seed(int(seed))
         self.g_accept = torch.Generator(device=device).manual_seed((int(seed) * LCG_MULTIPLIER + LCG_INCREMENT) % 2**63)
         self.canvas = Canvas(pair.vqvae, len(class_ids), self.rec)
-        # mixed precision on CUDA only; elsewhere the run stays in fp32 whatever `precision` says
-        autocast = autocast_for(device, settings.precision) if device.type == "cuda" else contextlib.nullcontext
-        self.runners = {name: Runner(name, getattr(pair, name), class_ids, self.canvas, self.rec, autocast)
+        self.autocast = autocast_for(device, settings.precision)   # each model call and the decode
+        self.runners = {name: Runner(name, getattr(pair, name), class_ids, self.canvas, self.rec, self.autocast)
                         for name in ("draft", "target")}
         self.records: dict[int, ScaleRecord] = {}
         self.rounds = []
@@ -275,32 +278,35 @@ class Run:
         if self.on_scale is not None:
             self.on_scale(len(self.records), self.K)
 
+    def make_scale(self, name: str, k: int, kind: str = "step", rule: int = 3) -> None:
+        """Model `name` makes scale k alone: its call, its distribution, a sample, the canvas, the record."""
+        logits = self.runners[name].forward_upto(k, kind, rule, current=k)[k]
+        p = self.distribution(logits, k, name)
+        idx = sample(p, self.g_sample)
+        soft = smooth_weights(p, k, self.K, self.g_sample) if self.s.more_smooth else None
+        self.canvas.push(k, idx, name, soft)
+        self.record_scale(k, name, idx, torch.full_like(idx, DRAFT if name == "draft" else TARGET))
+
 
 def run_schedule(run: Run, schedule: str) -> None:
     """Each scale made by the model its letter names; a switch prefills the incoming model under sd_mask."""
     previous = None
     for k, letter in enumerate(schedule):
         name = "draft" if letter == "D" else "target"
-        runner = run.runners[name]
         switch = previous is not None and name != previous
         kind, rule = ("prefill", run.s.sd_mask) if switch else ("step", 3)
-        logits = runner.forward_upto(k, kind, rule, current=k)[k]
-        p = run.distribution(logits, k, name)
-        idx = sample(p, run.g_sample)
-        soft = smooth_weights(p, k, run.K, run.g_sample) if run.s.more_smooth else None
-        run.canvas.push(k, idx, name, soft)
-        run.record_scale(k, name, idx, torch.full_like(idx, DRAFT if name == "draft" else TARGET))
+        run.make_scale(name, k, kind, rule)
         previous = name
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [0, 1] → (..., H, W, 3) uint8 (rounded)."""
-    return (images.clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
+    return (images.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
 @torch.no_grad()
 def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
-             accept_override: Callable[[int], bool] | None = None, **settings) -> Result:
+             accept_override: Callable[[int], bool] | None = None, planner=None, **settings) -> Result:
     """Generate images with `pair` in `mode` ('target', 'draft', 'schedule', 'speculative').
 
     class_ids: int or sequence of B ints; settings: fields of `Settings`.
@@ -310,6 +316,9 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     of k for every sample; False rejects them all (the scale is finalized with the rule's
     replacements and ends the round). The model calls are then those the engine makes for that
     sequence of verdicts. The trace's settings say `forced_acceptance: True`.
+    planner (gamma="auto"): a `planner.Planner` that picks γ before each round; by default the one
+    `calibration.planner_for` keeps for this pair, batch and settings (measured on first use, then
+    refreshed from every run's trace). Each round's plan is in `trace.rounds[i].plan`.
     Returns Result(images (B, H, W, 3) uint8, trace).
     """
     unknown = set(settings) - set(Settings.__dataclass_fields__)
@@ -319,6 +328,8 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     s.validate(mode, pair.layout.num_scales)
     if accept_override is not None and mode != "speculative":
         raise ValueError(f"accept_override applies to speculative mode only, not {mode!r}")
+    device = pair.target.device
+    check_precision(device, s.precision)
     if isinstance(class_ids, int):
         class_ids = [class_ids]
     class_ids = torch.as_tensor(list(class_ids), dtype=torch.long).view(-1)
@@ -326,22 +337,37 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
         raise ValueError("class_ids is empty")
     if int(class_ids.min()) < 0 or int(class_ids.max()) >= pair.num_classes:
         raise ValueError(f"class ids must be in [0, {pair.num_classes}), got {class_ids.tolist()}")
-    class_ids = class_ids.to(pair.target.device)
+    class_ids = class_ids.to(device)
+    auto = mode == "speculative" and s.gamma == "auto"
+    if planner is not None and not auto:
+        raise ValueError("planner applies to speculative mode with gamma='auto' only")
+    calibrated = auto and planner is None
+    if calibrated and accept_override is not None:
+        raise ValueError("gamma='auto' with accept_override needs its own planner (forced verdicts would "
+                         "teach the shared one false pass probabilities)")
+    if calibrated:
+        from .calibration import planner_for
+        planner = planner_for(pair, len(class_ids), s)
 
-    run = Run(pair, class_ids, seed, s)
-    run.on_scale, run.accept_override = on_scale, accept_override
-    if mode == "speculative":
-        from .speculative import run_speculative
-        run_speculative(run)
-    else:
-        run_schedule(run, s.schedule_string(mode, run.K))
-    t_loop = run.rec.now()
-    images = to_uint8(pair.vqvae.fhat_to_image(run.canvas.fhats[-1]))
-    t_total = run.rec.now()
+    with autocast_session(device, s.precision):   # casts of the weights are made once per run
+        run = Run(pair, class_ids, seed, s, planner if auto else None)
+        run.on_scale, run.accept_override = on_scale, accept_override
+        if mode == "speculative":
+            from .speculative import run_speculative
+            run_speculative(run)
+        else:
+            run_schedule(run, s.schedule_string(mode, run.K))
+        t_loop = run.rec.now()
+        with run.autocast():
+            images = to_uint8(pair.vqvae.fhat_to_image(run.canvas.fhats[-1]))
+        t_total = run.rec.now()
+        frames = None
+        if s.progressive:
+            with run.autocast():
+                frames = to_uint8(pair.vqvae.fhat_to_image(torch.cat(run.canvas.fhats)))
 
     scales = [run.records[k] for k in range(run.K)]
-    if s.progressive:
-        frames = to_uint8(pair.vqvae.fhat_to_image(torch.cat(run.canvas.fhats)))
+    if frames is not None:
         for k, rec in enumerate(scales):
             rec.image = frames[k * len(class_ids):(k + 1) * len(class_ids)]
     transformer = sum(c.seconds for c in run.rec.calls)
@@ -355,4 +381,7 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
                   timings={"total": t_total, "transformer": transformer, "decode": t_total - t_loop,
                            "overhead": t_loop - transformer, "progressive": run.rec.now() - t_total},
                   images=images)
+    if calibrated:   # the measured costs follow the machine's present speed
+        from .calibration import refresh
+        refresh(pair, len(class_ids), s, trace)
     return Result(images=images, trace=trace)

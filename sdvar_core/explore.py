@@ -93,18 +93,21 @@ class PairBank:
 CLICK_SETTINGS = tuple(f.name for f in fields(Settings)
                        if f.name not in ("entry_num", "schedule", "verify_mask", "progressive"))
 # The Generate tab's inputs with their defaults (precomputed examples store them under these names):
-# the settings' defaults are `Settings()`'s; the rest are the tab's own.
+# the settings' defaults are `Settings()`'s; the rest are the tab's own (gamma_auto: γ = "auto" in
+# speculative mode, the slider's γ otherwise).
 DEFAULT_INPUTS = dict(class_name=CLASS_NAMES[8], class_id=207, seed=0, mode="speculative", entry_num=4, schedule="",
-                      **{name: getattr(Settings(), name) for name in CLICK_SETTINGS})
+                      gamma_auto=True, **{name: getattr(Settings(), name) for name in CLICK_SETTINGS})
 
 
 def click_settings(inputs: dict) -> dict:
     """Settings for engine.generate from the Generate tab's values (keys of DEFAULT_INPUTS; missing ones
     take the defaults), each cast to its `Settings` type. A schedule string, when given, wins over
-    entry_num. Validation is the engine's."""
+    entry_num; in speculative mode gamma_auto sets gamma="auto" (and adaptive γ off). Validation is the engine's."""
     v = {**DEFAULT_INPUTS, **inputs}
     defaults = Settings()
     s = {name: type(getattr(defaults, name))(v[name]) for name in CLICK_SETTINGS}
+    if v["mode"] == "speculative" and v["gamma_auto"]:
+        s.update(gamma="auto", adaptive_gamma=False)
     if v["mode"] == "schedule":
         text = (v["schedule"] or "").strip().upper().replace(" ", "")
         if text:

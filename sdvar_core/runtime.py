@@ -63,11 +63,25 @@ def best_precision(device: torch.device) -> str:
 
 
 def autocast_for(device: torch.device, precision: str):
-    """A factory of context managers: autocast to bf16/fp16 on `device`, or nothing for fp32."""
+    """A factory of context managers: autocast to bf16/fp16 on `device`, or nothing for fp32
+    (ValueError where `precision` cannot run on `device`)."""
     check_precision(device, precision)
     if precision == "fp32":
         return contextlib.nullcontext
     return lambda: torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def autocast_session(device: torch.device, precision: str):
+    """A context around one run whose model calls each enter `autocast_for(...)()`: the weights are cast
+    once per run instead of once per call.
+
+    Autocast keeps the low-precision copies of the weights it casts until the outermost autocast
+    region exits; this region (autocast disabled, so it casts nothing itself) is that outermost one.
+    For fp32 it does nothing.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def machine_name(device: torch.device) -> str:

@@ -55,6 +55,11 @@ from .trace import ACCEPTED
 OFFICIAL_NUM_CLASSES = 1000
 NUM_SCALES = 10
 
+def gamma_value(text: str):
+    """--gamma: a positive integer or 'auto' (the engine validates)."""
+    return "auto" if text == "auto" else int(text)
+
+
 # Settings exposed on the command line: (field, flag type, help). `progressive` stays off (final images only).
 SETTING_FLAGS = (
     ("cfg", float, "classifier-free guidance scale (README FID protocol: 1.5)"),
@@ -63,12 +68,12 @@ SETTING_FLAGS = (
     ("entry_num", int, "schedule mode: the draft makes the first ENTRY_NUM scales"),
     ("schedule", str, "schedule mode: one letter per scale, 'D' or 'T', e.g. DDDDTTTTTT"),
     ("sd_mask", int, "attention rule (0..5) of the incoming model's prefill at a switch"),
-    ("gamma", int, "speculative: scales drafted per round"),
+    ("gamma", gamma_value, "speculative: scales drafted per round, or 'auto' (planned before each round)"),
     ("accept", str, "speculative acceptance: 'prob' or 'top1'"),
     ("tau", float, "speculative: a scale passes when its accepted fraction >= tau"),
     ("lenience", float, "speculative: lambda >= 1 in min(1, lambda p/q)"),
     ("verify_mask", int, "speculative: attention rule (1..5) of the target's verification"),
-    ("precision", str, "'fp32', or 'bf16'/'fp16' autocast on CUDA"),
+    ("precision", str, "'fp32', or autocast: 'bf16' (CUDA, CPUs with native bf16), 'fp16' (CUDA)"),
 )
 SETTING_SWITCHES = (
     ("adaptive_gamma", "speculative: gamma +1 after a fully accepted round, -1 after an early rejection"),

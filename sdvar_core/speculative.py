@@ -6,11 +6,17 @@ with a replacement is finalized with its corrections and the rest of the draft i
 That keeps the output distribution equal to the target's. Relaxed rules pass a scale when
 its accepted fraction ≥ τ and go on judging later scales against a condition built from the
 draft's uncorrected tokens (flagged `stale` in the trace).
+
+With gamma="auto" the planner (`run.planner`, see `planner`) picks γ before each round from
+finished rounds only, 0 meaning the target makes the next scale alone; after the round it learns
+how the judged scales went. A γ chosen before the draft exists cannot favour any token, so the
+exact rule stays exact.
 """
 from __future__ import annotations
 
 import torch
 
+from .planner import batch_pass_probability
 from .sampling import accept_tokens, gather, sample
 from .trace import ACCEPTED, CORRECTED, DRAFT, RoundRecord
 
@@ -18,8 +24,17 @@ from .trace import ACCEPTED, CORRECTED, DRAFT, RoundRecord
 def run_speculative(run) -> None:
     """Fill run.canvas scale by scale with draft→verify rounds (see engine.Run)."""
     D, T, canvas, s = run.runners["draft"], run.runners["target"], run.canvas, run.s
-    start, gamma = 0, s.gamma
+    start, gamma, plan = 0, s.gamma, None
     while start < run.K:
+        if run.planner is not None:                         # γ from finished rounds only
+            plan = run.planner.plan(start, D.next_scale, run.rec.now())
+            gamma = plan.chosen
+        if gamma == 0:                                      # the target makes the scale alone
+            run.make_scale("target", start)
+            run.rounds.append(RoundRecord(start=start, gamma=0, drafted=[], finalized=[start], accepted_scales=[],
+                                          corrected_scale=None, stale_scales=[], plan=plan))
+            start += 1
+            continue
         drafted = list(range(start, min(start + gamma, run.K)))
         q, x = {}, {}
         for k in drafted:                                   # draft: γ scales on D's own KV cache
@@ -39,7 +54,9 @@ def run_speculative(run) -> None:
         T.rollback(valid + 1)
         run.rounds.append(RoundRecord(start=start, gamma=gamma, drafted=drafted, finalized=list(range(start, last + 1)),
                                       accepted_scales=drafted[:passed], corrected_scale=last if passed < len(final) else None,
-                                      stale_scales=stale))
+                                      stale_scales=stale, plan=plan))
+        if run.planner is not None:
+            observe(run, drafted[:len(final)], passed)
         if s.adaptive_gamma:
             gamma = min(gamma + 1, run.K) if passed == len(drafted) else max(gamma - 1, 1) if passed == 0 else gamma
         start = last + 1
@@ -71,3 +88,14 @@ def judge(run, drafted, q, x, logits):
             return final, len(final) - 1, stale
         any_replaced = any_replaced or not torch.equal(tokens, x[k])
     return final, len(final), stale
+
+
+def observe(run, judged: list[int], passed: int) -> None:
+    """Tell the planner how the judged scales went: under the exact rule the probability that the whole
+    batch passes given the drafted tokens (∏ min(1, p/q)), otherwise the outcome (relaxed, forced)."""
+    for i, k in enumerate(judged):
+        if run.s.exact and run.accept_override is None:
+            rec = run.records[k]
+            run.planner.observe(k, batch_pass_probability(rec.p_draft, rec.q_draft))
+        else:
+            run.planner.observe(k, float(i < passed))

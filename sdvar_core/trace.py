@@ -57,8 +57,39 @@ class ShapeRecord:
 
 
 @dataclass
+class Candidate:
+    """One γ considered at a round: expected finalized scales, round seconds, seconds to finish."""
+
+    gamma: int
+    gain: float       # expected scales finalized by this round
+    cost: float       # expected seconds of this round
+    value: float      # expected seconds to finish the image: this round, then the planned rounds
+    speedup: float    # the score: target alone on the remaining scales ÷ value
+
+
+@dataclass
+class PlanRecord:
+    """The plan of one speculative round, as the Trace keeps it."""
+
+    start: int                  # first scale of the round
+    draft_next: int             # first scale the draft's KV cache lacks (< start: a catch-up call)
+    chosen: int                 # γ of the round (0: the target makes scale `start` alone)
+    candidates: list[Candidate]
+    pass_prob: list[float]      # π_k used, for every scale (only k ≥ start matter)
+    observations: float         # discounted count of finished-round observations behind π
+    t: float                    # when the plan was made, seconds since the run started
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PlanRecord":
+        return cls(**{**d, "candidates": [Candidate(**c) for c in d["candidates"]]})
+
+
+@dataclass
 class RoundRecord:
-    """One speculative round: draft `drafted` scales from `start`, one target call, keep `finalized`."""
+    """One speculative round: draft `drafted` scales from `start`, one target call, keep `finalized`.
+
+    With gamma="auto" a round may draft nothing (gamma 0, drafted []): the target makes scale
+    `start` alone; `plan` holds the planner's reasoning."""
 
     start: int
     gamma: int
@@ -67,6 +98,12 @@ class RoundRecord:
     accepted_scales: list[int]     # drafted scales kept (for every sample)
     corrected_scale: int | None    # the scale finalized with target corrections, if any
     stale_scales: list[int]        # relaxed mode: scales judged against a condition built from replaced tokens
+    plan: PlanRecord | None = None  # gamma="auto": how γ was chosen
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RoundRecord":
+        plan = d.get("plan")
+        return cls(**{**d, "plan": None if plan is None else PlanRecord.from_dict(plan)})
 
 
 @dataclass
@@ -159,7 +196,7 @@ class Trace:
         return cls(settings=meta["settings"], patch_nums=meta["patch_nums"], scales=scales,
                    calls=[ModelCall(**c) for c in meta["calls"]],
                    shapes=[ShapeRecord(**r) for r in meta["shapes"]],
-                   rounds=[RoundRecord(**r) for r in meta["rounds"]],
+                   rounds=[RoundRecord.from_dict(r) for r in meta["rounds"]],
                    timings=meta["timings"], images=arrays.get("images"))
 
     def to_bytes(self) -> bytes:

@@ -23,6 +23,7 @@ from .trace import ACCEPTED, CORRECTED, DRAFT, STATUS_NAMES, TARGET, TENSOR_MEAN
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 STATUS_COLORS = {ACCEPTED: "#009E73", CORRECTED: "#D55E00", TARGET: "#0072B2", DRAFT: "#E69F00"}
 MODEL_COLORS = {"draft": "#E69F00", "target": "#0072B2"}
+PLAN_COLOR = "#CC79A7"
 KIND_COLORS = {"step": None, "verify": "#004466", "prefill": "#8E44AD"}   # None = the model's colour
 MASK_COLORS = [[0.0, "#f4f4f4"], [1.0, "#1f3b73"]]                    # blocked, allowed
 _FONT = dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size=12)
@@ -201,13 +202,47 @@ def _call_hover(c) -> str:
             f"<br>{c.t_start * 1e3:.1f} → {c.t_end * 1e3:.1f} ms ({c.seconds * 1e3:.1f} ms)")
 
 
+def _plan_hover(plan) -> str:
+    head = (f"<b>round at scale {plan.start + 1}: γ = {plan.chosen}</b>"
+            + (" (the target alone)" if plan.chosen == 0 else "")
+            + f"<br>pass probability used, scale {plan.start + 1} on: "
+            + " ".join(f"{p:.2f}" for p in plan.pass_prob[plan.start:]))
+    rows = [f"γ={c.gamma}: {c.gain:.2f} scales, round {c.cost * 1e3:.1f} ms, finish {c.value * 1e3:.1f} ms "
+            f"({c.speedup:.2f}×)" + (" ◀" if c.gamma == plan.chosen else "") for c in plan.candidates]
+    return head + "<br>" + "<br>".join(rows)
+
+
+def plan_summary(trace: Trace) -> str | None:
+    """One Markdown line on the planned rounds of a gamma="auto" run (None for other runs)."""
+    plans = [r.plan for r in trace.rounds if r.plan is not None]
+    if not plans:
+        return None
+    first = next(c for c in plans[0].candidates if c.gamma == plans[0].chosen)
+    gammas = " ".join(str(p.chosen) for p in plans)
+    return (f"**γ planned before each round** (auto): {gammas} — γ = 0 means the target made the scale alone. "
+            f"At the first round the planner expected {first.speedup:.2f}× the target alone for the whole image, "
+            f"from this machine's measured call costs and the acceptance seen so far (hover the planner lane "
+            f"of the timeline for every candidate).")
+
+
 def timeline_figure(trace: Trace, reference: Trace | None = None, reference_label: str = "target only") -> go.Figure:
     """Model calls on a wall-clock axis: one lane per model, one bar per call from t_start to t_end.
 
     Bars are grouped in one trace per (lane, kind); the total number of bars is len(trace.calls)
     (+ len(reference.calls) when a reference run, e.g. target only, is drawn in its own lane).
+    A gamma="auto" run adds a 'planner' lane: one marker per round at the moment it was planned
+    (open: γ = 0; filled and labelled: the γ drafted), its candidates in the hover.
     """
     fig = go.Figure()
+    plans = [r.plan for r in trace.rounds if r.plan is not None]
+    for drafts, name in ((False, "planner: γ = 0, target alone"), (True, "planner: drafts γ scales")):
+        group = [p for p in plans if (p.chosen > 0) == drafts]
+        if group:
+            fig.add_trace(go.Scatter(
+                x=[p.t * 1e3 for p in group], y=["planner"] * len(group), mode="markers+text" if drafts else "markers",
+                marker=dict(symbol="diamond" if drafts else "diamond-open", size=10, color=PLAN_COLOR),
+                text=[f"γ={p.chosen}" for p in group] if drafts else None, textposition="top center",
+                hovertext=[_plan_hover(p) for p in group], hoverinfo="text", name=name))
     lanes = [("draft", trace.calls, "draft"), ("target", trace.calls, "target")]
     if reference is not None:
         lanes.append((reference_label, reference.calls, None))
@@ -228,10 +263,11 @@ def timeline_figure(trace: Trace, reference: Trace | None = None, reference_labe
                 hovertext=[_call_hover(c) for c in group], hoverinfo="text"))
     end = max([c.t_end for c in trace.calls] + ([c.t_end for c in reference.calls] if reference else []) + [0])
     fig.update_xaxes(title="wall clock since the run started (ms)", range=[0, end * 1e3 * 1.02], gridcolor="#e5e5e5")
-    order = ["draft", "target"] + ([reference_label] if reference is not None else [])
-    fig.update_yaxes(categoryorder="array", categoryarray=order[::-1])
+    order = (["planner"] if plans else []) + ["draft", "target"] + ([reference_label] if reference is not None else [])
+    fig.update_yaxes(categoryorder="array", categoryarray=order[::-1],
+                     range=[-0.5, len(order) - 0.5 + 0.5 * bool(plans)])   # room for the γ labels on top
     return _layout(fig, "Timeline of model calls (hover a bar: scales, query length, KV cache, mask)",
-                   height=240 + 40 * (reference is not None), barmode="overlay", bargap=0.35,
+                   height=240 + 40 * (reference is not None) + 40 * bool(plans), barmode="overlay", bargap=0.35,
                    uniformtext=dict(mode="hide", minsize=9),
                    legend=dict(orientation="h", y=-0.35, x=0))
 

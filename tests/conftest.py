@@ -2,6 +2,7 @@
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ["SDVAR_CACHE_DIR"] = "off"   # the γ planner calibrates afresh: no state from earlier sessions
 
 import numpy as np
 import pytest

@@ -20,7 +20,9 @@ NAMES = Names()
 
 @pytest.fixture(scope="module")
 def click(random_pair):
-    return explore.run_click(random_pair, "speculative", 4, 9, explore.click_settings({"mode": "speculative"}))
+    # a fixed γ: the calibrated planner's choices follow measured times, and these tests look at draft calls
+    return explore.run_click(random_pair, "speculative", 4, 9,
+                             explore.click_settings({"mode": "speculative", "gamma_auto": False}))
 
 
 # ---- plain callbacks ---------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def test_build_demo_without_examples_or_embedded_weights():
 
 # ---- the served app ----------------------------------------------------------------------------
 
-GEN_ARGS = {**explore.DEFAULT_INPUTS, "class_name": "circle", "seed": 3, "mode": "speculative"}
+GEN_ARGS = {**explore.DEFAULT_INPUTS, "class_name": "circle", "seed": 3, "mode": "speculative", "gamma_auto": False}
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +143,13 @@ def test_api_generate_then_scrub_and_shapes(client):
     table = call(client, "/shapes", shape_model="target", shape_scale="all")["shape-table"]
     assert set(r[2] for r in table["data"]) == {"target"}
     assert any(r[4] == "(2, 5, 64)" for r in table["data"])   # the verify call of scales 1–2
+
+
+def test_api_generate_auto_gamma_shows_the_plan(client):
+    out = gen(client, seed=22, gamma_auto=True)
+    assert "γ planned before each round" in out["summary"]
+    lanes = {t["y"][0] for t in plot_json(out["timeline"])["data"]}
+    assert {"planner", "target"} <= lanes
 
 
 def test_api_bad_input_is_a_clear_error_and_server_survives(client):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdvar_core.bench import cli, harness, patterns, report, tables
+from sdvar_core.bench import cli, harness, patterns, plans, report, tables
 from sdvar_core.bench.costmodel import expected_round_sum, predicted_speedup
 from sdvar_core.bench.floors import run_floor
 from sdvar_core.bench.harness import TARGET_ROW
@@ -222,11 +222,14 @@ def test_cli_rejects_bad_arguments(argv, message, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "--device", "cpu", "--precision", "bf16"], "needs CUDA"),
+    (["generate", "--device", "cpu", "--precision", "fp16"], "not available on cpu"),
     (["modes", "--pair", "nope", "--device", "cpu"], "--pair must be"),
     (["report", "--pair", "random", "--classifier", "no/such/stem", "--device", "cpu"], "classifier not found"),
     (["profile", "--pair", "random", "--row", "nope", "--device", "cpu"], "unknown row"),
     (["report", "--pair", "random", "--max-minutes", "0", "--device", "cpu"], "--max-minutes must be > 0"),
+    (["predict", "--from", "no/such/file.md", "--device", "cpu"], "no such file"),
+    (["predict", "--from", "README.md", "--sections", "nope", "--device", "cpu"], "no section 'nope'"),
+    (["official", "--var-repo", ".", "--device", "cpu"], "not a checkout of FoundationVision/VAR"),
 ])
 def test_cli_clear_errors(argv, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
@@ -239,9 +242,51 @@ def test_device_sections_run_small():
     floor = run_floor(["var-d1"], [1], cpu, precision="fp32", repeats=1, small=True)
     assert "| var-d1 | fp32 weights | 1 |" in floor and "weight-read floor" in floor
     pair = random_official_pair("var-d1", "var-d1", cpu, small=True)
-    text = patterns.run_patterns(pair, cpu, batch=1, repeats=2, precision="fp32", gammas=[2], accepts=[1.0])
+    text = patterns.run_patterns(pair, cpu, batch=1, repeats=2, precision="fp32", gammas=[2], accepts=[1.0], auto=True)
+    assert float(_cell(text, "spec γ=auto forced acceptance 1", 5)) > 0   # the planner's prediction
     assert _cell(text, TARGET_ROW, 1) == "10.0" and _cell(text, TARGET_ROW, 4).startswith("1.00")
     # forced acceptance 1 with γ = 2: five rounds, ten drafted scales
     assert _cell(text, "spec γ=2 forced acceptance 1", 1) == "5.0"
     assert _cell(text, "spec γ=2 forced acceptance 1", 2) == "10.0"
     assert _cell(text, "T→D e=3", 1) == "3.0" and _cell(text, "D→T e=5 sd_mask 0", 2) == "5.0"
+
+
+# ---- the γ planner's benchmarks -----------------------------------------------------------------
+
+
+def test_planner_table_runs_small():
+    """Every row at each batch size, the auto row's rounds by γ, and the goals table."""
+    vq = VQVAEConfig(vocab_size=64, z_channels=8, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, use_attn=False,
+                     image_size=64)
+    pair = make_random_pair("cpu", target=dict(depth=1, width=32, heads=1), draft=dict(depth=1, width=16, heads=1),
+                            vqvae_cfg=vq)
+    text = plans.run_planner(pair, torch.device("cpu"), batches=[1, 2], repeats=1, seeds=1, gammas=[1, 2])
+    table = text.split("### Goals")[0]
+    for b in (1, 2):
+        for row in (TARGET_ROW, "spec γ=1 exact", "spec γ=2 exact", plans.AUTO_ROW):
+            assert f"| {b} | {row} |" in table
+    auto_rounds = [ln for ln in table.splitlines() if plans.AUTO_ROW in ln]
+    assert all(re.search(r"\d+: \d+", ln) for ln in auto_rounds)
+    goals = text.split("### Goals")[1]
+    assert goals.count("met") >= 4 and "| 2 |" in goals
+
+
+def _pattern_table(t_ms: float, d_ms: float, window_ms: dict) -> str:
+    """A patterns table whose rows follow flat per-call costs: target step t, draft step d, window w: window_ms[w]."""
+    lines = [f"| {TARGET_ROW} | 10.0 | 0.0 | {10 * t_ms:.1f} | 1.00 | — |", f"| draft only | 0.0 | 10.0 | {10 * d_ms:.1f} | 2.00 | — |"]
+    for g, w in window_ms.items():
+        calls = math.ceil(10 / g)
+        lines.append(f"| spec γ={g} forced acceptance 1 | {calls:.1f} | 10.0 | {calls * w + 10 * d_ms:.1f} | 1.00 | 1.00 |")
+    return "| pattern | target calls | draft calls | call ms | speed-up vs target only | predicted |\n|---|---|\n" + "\n".join(lines)
+
+
+def test_planner_prices_measured_call_patterns():
+    text = _pattern_table(20.0, 10.0, {1: 20.0, 2: 20.0, 3: 20.0, 4: 20.0})
+    costs = plans.pattern_costs(plans.parse_pattern_rows(text))
+    assert costs.target[0][0] == pytest.approx(0.02) and costs.draft[3][3] == pytest.approx(0.01)
+    assert costs.target[0][9] == pytest.approx(0.02)   # windows never cheaper than narrower ones
+    out = plans.predict_patterns(text, "flat")
+    # every drafted scale passes: one round of ten, 10 t ÷ (10 d + t)
+    assert _cell(out, "1", 1) == f"{200 / 120:.2f}" and _cell(out, "1", 2) == "10"
+    assert _cell(out, "0", 1) == "1.00" and _cell(out, "0", 2) == " ".join(["0"] * 10)
+    assert _cell(out, "1", 3).startswith(f"{200 / 300:.2f} / ")   # fixed γ = 1: ten draft + ten target calls

@@ -47,8 +47,11 @@ def test_walkthrough(page, app_server):
 
     # the example also set the inputs it was made with
     expect(page.locator("#seed input")).to_have_value("5")
-    # a speculative generation with a seed unique to this test
+    # a speculative generation with a seed unique to this test, with a fixed γ (the example's 2)
     page.locator("#mode").get_by_text("speculative (draft proposes, target verifies)").click()
+    page.get_by_text("Advanced settings").click()
+    page.locator("#gamma-auto input").uncheck()
+    page.get_by_text("Advanced settings").click()
     seed = page.locator("#seed input")
     seed.fill("11")
     page.locator("#generate").click()

@@ -10,7 +10,8 @@ import sdvar_core.speculative as speculative
 from conftest import teacher_forced_logits
 from sdvar_core.config import VARConfig, VQVAEConfig
 from sdvar_core.engine import Pair, Run, Settings, generate
-from sdvar_core.trace import ACCEPTED, CORRECTED, TARGET, Trace
+from sdvar_core.planner import Costs, PassEstimator, Planner
+from sdvar_core.trace import ACCEPTED, CORRECTED, TARGET, PlanRecord, Trace
 from sdvar_core.var import VAR
 from sdvar_core.vqvae import VQVAE
 
@@ -43,6 +44,22 @@ def same_tokens(a: Trace, b: Trace) -> bool:
     return all(np.array_equal(x.tokens, y.tokens) for x, y in zip(a.scales, b.scales))
 
 
+class HistoryPlanner:
+    """γ from past rounds in an arbitrary way: every γ from 0 to the scales left occurs, so the draft
+    falls behind and catches up. Exactness must not depend on how γ is chosen from the past."""
+
+    def __init__(self, num_scales: int):
+        self.num_scales, self.seen, self.plans = num_scales, [], 0
+
+    def plan(self, start, draft_next, t=0.0):
+        self.plans += 1
+        gamma = (self.plans + len(self.seen) + int(10 * sum(self.seen[-3:]))) % (self.num_scales - start + 1)
+        return PlanRecord(start, draft_next, gamma, [], [], float(len(self.seen)), t)
+
+    def observe(self, k, p_pass):
+        self.seen.append(p_pass)
+
+
 def test_identity_when_draft_is_target(models):
     vq, _, target = models
     pair = Pair(vq, target, target)
@@ -58,6 +75,17 @@ def test_identity_when_draft_is_target(models):
         assert same_tokens(tr, ref), f"gamma {gamma}"
         assert tr.target_calls == math.ceil(10 / gamma)
         assert all((s.status == ACCEPTED).all() for s in tr.scales)
+    planner, gammas, catch_up = HistoryPlanner(10), set(), False
+    for seed in range(4):   # γ = "auto": rounds of 0 (target alone) to 10 scales, draft catch-up calls
+        ref = generate(pair, "target", [0, 2], seed=seed, **kw).trace
+        tr = generate(pair, "speculative", [0, 2], seed=seed, gamma="auto", planner=planner, **kw).trace
+        assert same_tokens(tr, ref), f"auto, seed {seed}"
+        gammas |= {r.gamma for r in tr.rounds}
+        catch_up |= any(c.model == "draft" and len(c.scales) > 1 for c in tr.calls)
+    assert 0 in gammas and max(gammas) > 2 and catch_up
+    tr = generate(pair, "speculative", [0, 2], seed=7, gamma="auto", **kw).trace   # the calibrated planner
+    assert same_tokens(tr, generate(pair, "target", [0, 2], seed=7, **kw).trace)
+    assert all(r.plan is not None and r.plan.chosen == r.gamma for r in tr.rounds)
 
 
 def test_schedule_prefill_and_masks(models):
@@ -97,10 +125,10 @@ def target_marginals(pair, cls):
     return p0, p1
 
 
-def exact_mode_frequencies(pair, n_seeds, batch):
+def exact_mode_frequencies(pair, n_seeds, batch, gamma=2, **kw):
     counts0, counts1 = torch.zeros(V), torch.zeros(4, V)
     for seed in range(n_seeds):
-        tr = generate(pair, "speculative", [1] * batch, seed=seed, gamma=2, cfg=0.0, progressive=False).trace
+        tr = generate(pair, "speculative", [1] * batch, seed=seed, gamma=gamma, cfg=0.0, progressive=False, **kw).trace
         t0, t1 = torch.from_numpy(tr.scales[0].tokens), torch.from_numpy(tr.scales[1].tokens)
         counts0 += torch.bincount(t0.flatten(), minlength=V)
         for j in range(4):
@@ -114,17 +142,26 @@ def assert_matches(freq, p, n):
     assert ((freq - p).abs() <= tol).all(), (freq, p)
 
 
-def test_exact_mode_samples_the_target_distribution():
+# γ = "auto" in the statistical tests: the history planner (every γ, catch-up calls) and a real planner
+# whose costs make drafting pay, learning from the runs before (its γ depends on their acceptance).
+AUTO = {"fixed γ 2": lambda: dict(gamma=2),
+        "auto (history)": lambda: dict(gamma="auto", planner=HistoryPlanner(3)),
+        "auto (planner)": lambda: dict(gamma="auto", planner=Planner(Costs.flat(3, target=1.0, draft=0.005), margin=0))}
+
+
+@pytest.mark.parametrize("how", list(AUTO))
+def test_exact_mode_samples_the_target_distribution(how):
     pair = mini_pair()
     p0, p1 = target_marginals(pair, 1)
     q0, _ = target_marginals(Pair(pair.vqvae, pair.draft, pair.draft), 1)
     assert (p0 - q0).abs().max() > 0.1, "draft and target must differ for the test to have power"
-    f0, f1, n = exact_mode_frequencies(pair, n_seeds=40, batch=100)
+    f0, f1, n = exact_mode_frequencies(pair, n_seeds=40, batch=100, **AUTO[how]())
     assert_matches(f0, p0, n)
     assert_matches(f1, p1, n)
 
 
-def test_broken_acceptance_rule_fails_the_same_test(monkeypatch):
+@pytest.mark.parametrize("how", list(AUTO))
+def test_broken_acceptance_rule_fails_the_same_test(monkeypatch, how):
     pair = mini_pair()
     p0, _ = target_marginals(pair, 1)
 
@@ -132,7 +169,7 @@ def test_broken_acceptance_rule_fails_the_same_test(monkeypatch):
         return torch.ones_like(draft, dtype=torch.bool), draft
 
     monkeypatch.setattr(speculative, "accept_tokens", accept_everything)
-    f0, _, n = exact_mode_frequencies(pair, n_seeds=40, batch=100)
+    f0, _, n = exact_mode_frequencies(pair, n_seeds=40, batch=100, **AUTO[how]())
     with pytest.raises(AssertionError):
         assert_matches(f0, p0, n)
 
@@ -207,6 +244,9 @@ def test_trace_shapes_are_captured(models):
     (dict(mode="fast"), "mode"), (dict(mode="target", cfg=-1), "cfg"), (dict(mode="target", top_p=0), "top_p"),
     (dict(mode="target", top_k=-2), "top_k"), (dict(mode="target", nonsense=1), "nonsense"),
     (dict(mode="speculative", accept="kl"), "accept"), (dict(mode="speculative", verify_mask=0), "verify_mask"),
+    (dict(mode="speculative", gamma="fast"), "gamma"), (dict(mode="speculative", gamma=2.5), "gamma"),
+    (dict(mode="speculative", gamma="auto", adaptive_gamma=True), "adaptive_gamma"),
+    (dict(mode="target", precision="fp16"), "precision"), (dict(mode="target", precision="fp64"), "precision"),
 ])
 def test_bad_settings_name_the_setting(models, kw, match):
     vq, draft, target = models
@@ -263,12 +303,14 @@ def test_exact_mode_matches_target_only_at_the_last_scale():
         return counts / (batch * seeds), kept_two
 
     (ref, _), (spec, multi) = last_scale_freq("target"), last_scale_freq("speculative", gamma=2)
+    auto, multi_auto = last_scale_freq("speculative", gamma="auto", planner=HistoryPlanner(3))
     drafted, _ = last_scale_freq("draft")
-    assert multi > seeds // 10, "too few rounds kept two scales for the test to cover them"
+    assert min(multi, multi_auto) > seeds // 10, "too few rounds kept two scales for the test to cover them"
     n = batch * seeds
-    pooled = (ref + spec) / 2
-    tol = 5 * torch.sqrt(pooled * (1 - pooled) * 2 / n) + 1e-3
-    assert ((ref - spec).abs() <= tol).all()
+    for other in (spec, auto):
+        pooled = (ref + other) / 2
+        tol = 5 * torch.sqrt(pooled * (1 - pooled) * 2 / n) + 1e-3
+        assert ((ref - other).abs() <= tol).all()
     assert ((ref - drafted).abs() > tol).any(), "the draft must differ for the test to have power"
 
 
@@ -288,3 +330,45 @@ def test_forced_verdicts_override_the_acceptance_test(models):
     assert "forced_acceptance" not in generate(pair, "speculative", [0], seed=2, progressive=False).trace.settings
     with pytest.raises(ValueError, match="speculative mode only"):
         generate(pair, "target", [0], seed=0, accept_override=lambda k: True)
+
+
+def test_auto_degenerates_to_target_only_when_drafts_cannot_pay(models):
+    """γ = 0 in every round: the target's calls and tokens of a target-only run, and no draft call."""
+    vq, draft, target = models
+    pair = Pair(vq, draft, target)
+    planner = Planner(Costs.flat(10, target=1.0, draft=0.5), PassEstimator.fixed(10, 0.0))
+    tr = generate(pair, "speculative", [0, 1], seed=5, gamma="auto", planner=planner, progressive=False).trace
+    ref = generate(pair, "target", [0, 1], seed=5, progressive=False).trace
+    assert same_tokens(tr, ref) and tr.draft_calls == 0 and tr.target_calls == 10
+    assert [r.gamma for r in tr.rounds] == [0] * 10 and all((s.status == TARGET).all() for s in tr.scales)
+    assert [(c.kind, c.scales) for c in tr.calls] == [(c.kind, c.scales) for c in ref.calls]
+
+
+def test_plans_see_only_finished_rounds(models, tmp_path):
+    """Each round is planned after the previous round's calls and before its own, knowing exactly the
+    scales judged in earlier rounds; the plans survive save/load."""
+    vq, draft, target = models
+    planner = Planner(Costs.flat(10, target=1.0, draft=0.01), PassEstimator(10, decay=1.0), margin=0.0)
+    seen = 0.0
+    for seed in range(3):
+        tr = generate(Pair(vq, draft, target), "speculative", [0], seed=seed, gamma="auto", planner=planner,
+                      progressive=False).trace
+        calls, previous_end = iter(tr.calls), 0.0
+        for rd in tr.rounds:
+            assert rd.plan.observations == pytest.approx(seen) and rd.plan.chosen == rd.gamma
+            own = [next(calls) for _ in range(rd.gamma + 1 if rd.gamma else 1)]
+            assert previous_end <= rd.plan.t <= own[0].t_start
+            previous_end = own[-1].t_end
+            seen += len(rd.accepted_scales) + (rd.corrected_scale is not None)
+        assert next(calls, None) is None
+    assert any(r.gamma > 1 for r in tr.rounds)
+    tr.save(tmp_path / "auto.npz")
+    assert Trace.load(tmp_path / "auto.npz").rounds == tr.rounds
+
+
+def test_auto_with_forced_verdicts_needs_its_own_planner(models):
+    vq, draft, target = models
+    with pytest.raises(ValueError, match="own planner"):
+        generate(Pair(vq, draft, target), "speculative", [0], 0, gamma="auto", accept_override=lambda k: True)
+    with pytest.raises(ValueError, match="gamma='auto' only"):
+        generate(Pair(vq, draft, target), "speculative", [0], 0, gamma=2, planner=HistoryPlanner(10))

@@ -18,7 +18,7 @@ def settings(mode="speculative", **kw):
 @pytest.fixture(scope="module")
 def click(random_pair):
     calls = []
-    runs = explore.run_click(random_pair, "speculative", 4, 9, settings(), lambda *a: calls.append(a))
+    runs = explore.run_click(random_pair, "speculative", 4, 9, settings(gamma_auto=False), lambda *a: calls.append(a))
     return runs, calls
 
 
@@ -35,7 +35,10 @@ def test_click_settings():
     s = settings("schedule", schedule=" dddt tttttt ")
     assert s["schedule"] == "DDDTTTTTTT" and "entry_num" not in s
     assert "entry_num" not in settings("speculative") and "schedule" not in settings("speculative")
-    assert settings(precision="bf16", gamma=3.0) == {**settings(), "precision": "bf16", "gamma": 3}
+    assert settings(precision="bf16", gamma=3.0, gamma_auto=False) == {**settings(), "precision": "bf16", "gamma": 3}
+    # the tab's γ auto box: gamma="auto" in speculative mode only, and it wins over adaptive γ
+    assert settings()["gamma"] == "auto" and settings(adaptive_gamma=True)["adaptive_gamma"] is False
+    assert settings("target")["gamma"] == 2 and settings(gamma_auto=False)["gamma"] == 2
 
 
 def test_run_click_runs_three_modes_with_one_seed(click, random_pair):
@@ -54,7 +57,7 @@ def test_run_click_runs_three_modes_with_one_seed(click, random_pair):
     assert all(np.array_equal(a.tokens, b.tokens) for a, b in zip(again["main"].scales, runs["target"].scales))
 
 
-@pytest.mark.parametrize("kw,match", [(dict(gamma=0), "gamma"), (dict(tau=0.0), "tau"), (dict(lenience=0.5), "lenience"),
+@pytest.mark.parametrize("kw,match", [(dict(gamma=0, gamma_auto=False), "gamma"), (dict(tau=0.0), "tau"), (dict(lenience=0.5), "lenience"),
                                       (dict(top_p=0.0), "top_p")])
 def test_run_click_bad_settings_raise_value_error(random_pair, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -89,7 +92,7 @@ def test_more_smooth_reaches_the_engine(random_pair):
 
 def test_settings_of_a_trace(click):
     runs, _ = click
-    assert explore.settings_of(runs["main"]) == Settings(**settings())
+    assert explore.settings_of(runs["main"]) == Settings(**settings(gamma_auto=False))
     assert explore.settings_of(runs["main"]).exact
 
 

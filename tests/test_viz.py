@@ -10,6 +10,7 @@ from PIL import Image
 
 from sdvar_core import masks, viz
 from sdvar_core.config import ScaleLayout
+from sdvar_core.engine import generate
 from sdvar_core.trace import DRAFT, STATUS_NAMES, TARGET, TENSOR_MEANINGS
 
 LAYOUT = ScaleLayout()
@@ -111,6 +112,26 @@ def test_timeline_has_one_bar_per_call(runs):
     assert "KV cache" in hover and "query length" in hover and "mask rule" in hover
     verify = [c for c in trace.calls if c.kind == "verify"][0]
     assert f"KV cache {verify.kv_before} → {verify.kv_after}" in hover
+
+
+def test_timeline_planner_lane_shows_every_planned_round(random_pair):
+    from sdvar_core.planner import Costs, PassEstimator, Planner
+
+    never_then_always = PassEstimator(10, prior_weight=0.0, sums=[0.0] * 5 + [1.0] * 5, counts=[1.0] * 10)
+    planner = Planner(Costs.flat(10, target=0.02, draft=0.002), never_then_always)
+    trace = generate(random_pair, "speculative", [1], seed=2, gamma="auto", planner=planner, progressive=False).trace
+    assert {r.gamma > 0 for r in trace.rounds} == {True, False}
+    fig = viz.timeline_figure(trace)
+    zero, drafts = [t for t in fig.data if isinstance(t, go.Scatter)]
+    assert list(zero.y) + list(drafts.y) == ["planner"] * len(trace.rounds)
+    assert list(drafts.text) == [f"γ={r.gamma}" for r in trace.rounds if r.gamma > 0]
+    assert np.allclose(sorted(zero.x + drafts.x), [r.plan.t * 1e3 for r in trace.rounds])
+    hover = " ".join(zero.hovertext + drafts.hovertext)
+    assert hover.count("γ=0:") == len(trace.rounds) and hover.count("◀") == len(trace.rounds)
+    assert sum(len(b.x) for b in fig.data if isinstance(b, go.Bar)) == len(trace.calls)
+    text = viz.plan_summary(trace)
+    assert " ".join(str(r.gamma) for r in trace.rounds) in text
+    assert viz.plan_summary(generate(random_pair, "speculative", [1], seed=2, gamma=2).trace) is None
 
 
 def test_timeline_with_reference_lane(runs):

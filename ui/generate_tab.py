@@ -7,11 +7,14 @@ import functools
 import time
 
 import gradio as gr
+import torch
 
 from sdvar_core import masks, viz
 from sdvar_core.data import CLASS_NAMES
 from sdvar_core.explore import (DEFAULT_INPUTS, MODELS, class_index, click_settings, headline, load_bundle,
                                 run_click, settings_of)
+
+from sdvar_core.runtime import PRECISIONS, precision_supported
 
 from .common import View, gpu, listen, pair_info
 from .shapes_tab import shape_frame
@@ -51,8 +54,11 @@ def build(view: View, pair, on_cuda: bool) -> None:
                     view.sd_mask = gr.Dropdown([(f"{r} · {masks.rule_name(r)}", r) for r in range(6)],
                                                value=D["sd_mask"], label="sd_mask at the hand-off", elem_id="gen-sd-mask")
                 with gr.Group(visible=True) as view.spec_group:
-                    view.gamma = gr.Slider(1, K, value=D["gamma"], step=1, label="γ: scales drafted per round",
-                                           elem_id="gamma")
+                    view.gamma_auto = gr.Checkbox(D["gamma_auto"], elem_id="gamma-auto",
+                                                  label="γ auto: before each round a planner picks γ (0 = the target "
+                                                        "alone) from this machine's measured costs and past acceptance")
+                    view.gamma = gr.Slider(1, K, value=D["gamma"], step=1, elem_id="gamma",
+                                           label="γ: scales drafted per round (when not auto)")
                     view.accept = gr.Radio([("probability min(1, λp/q)", "prob"), ("top-1 match", "top1")],
                                            value=D["accept"], label="Acceptance rule", elem_id="accept")
                     view.tau = gr.Slider(0.05, 1.0, value=D["tau"], step=0.05, elem_id="tau",
@@ -60,7 +66,7 @@ def build(view: View, pair, on_cuda: bool) -> None:
                     view.lenience = gr.Slider(1.0, 10.0, value=D["lenience"], step=0.5, label="λ (lenience ≥ 1)",
                                               elem_id="lenience")
                     view.adaptive_gamma = gr.Checkbox(D["adaptive_gamma"], elem_id="adaptive-gamma", label="adaptive γ "
-                                                      "(+1 after a clean round, −1 after a failed first scale)")
+                                                      "(not auto: +1 after a clean round, −1 after a failed first scale)")
                     view.keep_draft_rejected = gr.Checkbox(D["keep_draft_rejected"], elem_id="keep-draft-rejected",
                                                            label="relaxed: keep the draft's rejected tokens in "
                                                                  "passing scales")
@@ -69,8 +75,9 @@ def build(view: View, pair, on_cuda: bool) -> None:
                 view.cfg = gr.Slider(0.0, 8.0, value=D["cfg"], step=0.1, label="CFG scale", elem_id="cfg")
                 view.top_k = gr.Slider(0, 1000, value=D["top_k"], step=1, label="top-k (0 = off)", elem_id="top-k")
                 view.top_p = gr.Slider(0.05, 1.0, value=D["top_p"], step=0.05, label="top-p (1 = off)", elem_id="top-p")
-                view.precision = gr.Radio(["fp32", "bf16", "fp16"], value=D["precision"], visible=on_cuda,
-                                          label="Precision (autocast on CUDA)", elem_id="precision")
+                offered = [p for p in PRECISIONS if precision_supported(torch.device("cuda" if on_cuda else "cpu"), p)]
+                view.precision = gr.Radio(offered, value=D["precision"], visible=len(offered) > 1, elem_id="precision",
+                                          label="Precision (autocast of the model calls and the decode)")
                 view.more_smooth = gr.Checkbox(D["more_smooth"], elem_id="more-smooth",
                                                label="more_smooth: soft codebook mixture in f_hat "
                                                      "(VAR's visual option; not in speculative mode)")
@@ -183,6 +190,9 @@ def summary_markdown(runs: dict, h: dict, class_names=None) -> str:
     if st["mode"] == "speculative" and settings_of(runs["main"]).exact:
         agree += " (The exact rule keeps the target's distribution, not its individual samples.)"
     lines.append(agree)
+    plans = viz.plan_summary(runs["main"])
+    if plans:
+        lines.append(plans)
     lines.append("All numbers come from the three runs of this click; wall time leaves out the per-scale preview "
                  "decodes. With small models much of the time goes to sampling, decoding and Python rather than "
                  "the transformer, so wall-clock speed-ups are small and noisy; target calls saved is the robust "

@@ -8,5 +8,7 @@ One job per module, lower ones first:
     report     the mode table and the quality report (prose around measured rows)
     patterns   every mode's call pattern on official-size models, forced acceptance through the engine
     floors     weight-read / FLOP floors, single-model timing, profiling
+    plans      the γ planner: target only vs fixed γ vs auto, and its prediction for measured call patterns
+    official   ours against the official VAR code's own loop (a checkout given on the command line)
     cli        argument parsing and the sub-commands
 """

@@ -29,6 +29,14 @@ Sub-commands (`python -m sdvar_core.bench <cmd> --help` lists every flag):
             in these times.
   gpu       floor + patterns + the embedded pair's modes table under one deadline
             (scripts/gpu_bench.sh runs it once on a lent GPU; --small shrinks it for a CPU try).
+  planner   target only vs exact speculative with fixed γ (--gammas) vs gamma="auto", interleaved at
+            each batch size (--batches), with the goals of issue 12 (auto ≥ 0.95× target only,
+            ≤ 5 % slower than the best fixed γ).
+  predict   the γ planner on call patterns already measured: reads `patterns` tables (marked
+            sections of a file, e.g. the GPU sections of BENCHMARKS.md) and prints what auto would
+            choose and the speed-up it predicts per forced acceptance, beside the fixed-γ rows.
+  official  ours vs the official VAR code's own loop (`autoregressive_infer_cfg`, from a checkout
+            given by --var-repo) on the same random official-size weights, fp32 and bf16.
 
 On a shared 2-core CPU give small models --threads 1: two intra-op threads wait for each other
 when other processes hold the cores.
@@ -38,6 +46,9 @@ Examples:
   python -m sdvar_core.bench modes --pair tiny --threads 1 --seeds 2 --repeats 5 --out BENCHMARKS.md --section modes-cpu
   python -m sdvar_core.bench report --images-per-class 100 --max-minutes 50 --out BENCHMARKS.md --section report-cpu
   bash scripts/gpu_bench.sh    # the device checks, once, on a lent GPU (results under $OUT)
+  python -m sdvar_core.bench planner --pair tiny --threads 1 --cfg 2.5 --top-k 3 --batches 1,8,32 --repeats 5
+  python -m sdvar_core.bench predict --from BENCHMARKS.md --sections gpu-patterns-b1,gpu-patterns-b16
+  python -m sdvar_core.bench official --var-repo ../VAR --preset var-d16 --repeats 3
 """
 from __future__ import annotations
 
@@ -50,11 +61,13 @@ import torch
 
 from ..checkpoints import load_classifier
 from ..config import CLASSIFIER_STEM, preset
-from ..runtime import PRECISIONS, machine_name, resolve_device
+from ..runtime import PRECISIONS, check_precision, machine_name, resolve_device
 from .floors import run_floor, run_generate, run_profile
 from .harness import TARGET_ROW, table_rows
 from .pairs import get_pair, random_official_pair
+from .official import run_official
 from .patterns import run_patterns
+from .plans import predict_patterns, run_planner
 from .report import build_report, run_modes
 from .tables import emit
 
@@ -111,8 +124,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 
 def _precision(args, device: torch.device) -> str:
-    if args.precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"--precision {args.precision} needs CUDA (the engine autocasts only there); use fp32 on CPU")
+    check_precision(device, args.precision)   # bf16: CUDA or a CPU with native bf16; fp16: CUDA
     return args.precision
 
 
@@ -170,6 +182,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept", type=_prob_list, default=[0.0, 0.5, 0.8, 1.0], help="forced per-scale pass probabilities")
     p.add_argument("--precision", choices=PRECISIONS, default="bf16")
     p.add_argument("--small", action="store_true", help="tiny codebook (a quick CPU try, with --precision fp32)")
+    _common(p)
+
+    p = sub.add_parser("planner", help="target only vs fixed γ vs gamma='auto' at several batch sizes (issue 12)")
+    p.add_argument("--pair", default="tiny", help="tiny (assets/tiny) or random (random weights, embedded shapes)")
+    p.add_argument("--batches", type=_int_list, default=[1, 8, 32])
+    p.add_argument("--gammas", type=_int_list, default=[1, 2, 3, 4], help="fixed γ rows")
+    p.add_argument("--repeats", type=_positive_int, default=5)
+    p.add_argument("--seeds", type=_positive_int, default=1, help="generate calls per row and repeat")
+    p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--max-minutes", type=float, help="start no new repeat after this many minutes (split over the batches)")
+    _common(p)
+
+    p = sub.add_parser("predict", help="the γ planner's prediction for measured call patterns (issue 12)")
+    p.add_argument("--from", dest="source", default="BENCHMARKS.md", help="a markdown file with `patterns` sections")
+    p.add_argument("--sections", default="gpu-patterns-b1,gpu-patterns-b16", help="marked sections to read")
+    _common(p)
+
+    p = sub.add_parser("official", help="ours vs the official VAR loop, end to end, fp32 and bf16 (issue 12)")
+    p.add_argument("--var-repo", required=True, help="a checkout of github.com/FoundationVision/VAR")
+    p.add_argument("--preset", default="var-d16")
+    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated")
+    p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.96)
     _common(p)
 
     p = sub.add_parser("gpu", help="floor + patterns + the embedded pair's modes under one deadline (gpu_bench.sh)")
@@ -232,7 +273,7 @@ def cmd_patterns(args, device, out, section) -> None:
     pair = random_official_pair(args.draft, args.target, device, args.small)
     for b in args.batches:
         emit(run_patterns(pair, device, batch=b, repeats=args.repeats, precision=precision, gammas=args.gammas,
-                          accepts=args.accept), out, f"{section}-b{b}")
+                          accepts=args.accept, auto=True), out, f"{section}-b{b}")
 
 
 def cmd_gpu(args, device, out, section) -> None:
@@ -253,7 +294,8 @@ def cmd_gpu(args, device, out, section) -> None:
         print(f"[gpu] call patterns, batch {b} ({time.perf_counter() - t0:.0f} s)", flush=True)
         end = time.perf_counter() + (ends[1] - time.perf_counter()) / (len(batches) - i)
         emit(run_patterns(pair, device, batch=b, repeats=1 if small else 5, precision=prec,
-                          gammas=[1, 2, 3, 4], accepts=[0.0, 0.5, 0.8, 1.0], deadline=end), out, f"gpu-patterns-b{b}")
+                          gammas=[1, 2, 3, 4], accepts=[0.0, 0.5, 0.8, 1.0], deadline=end, auto=True), out,
+             f"gpu-patterns-b{b}")
     del pair
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -268,8 +310,42 @@ def cmd_gpu(args, device, out, section) -> None:
     print(f"[gpu] done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+def cmd_planner(args, device, out, section) -> None:
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    pair = get_pair(args.pair, device)
+    settings = {"cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "precision": _precision(args, device)}
+    deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
+    emit(run_planner(pair, device, batches=args.batches, repeats=args.repeats, seeds=args.seeds, gammas=args.gammas,
+                     settings=settings, deadline=deadline), out, section)
+
+
+def cmd_predict(args, device, out, section) -> None:
+    path = Path(args.source)
+    if not path.is_file():
+        raise ValueError(f"--from {path}: no such file")
+    text = path.read_text()
+    parts = []
+    for name in [s.strip() for s in args.sections.split(",") if s.strip()]:
+        begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+        if begin not in text or end not in text:
+            raise ValueError(f"--from {path}: no section {name!r}")
+        body = text.split(begin, 1)[1].split(end, 1)[0]
+        title = next((ln.lstrip("# ").strip() for ln in body.splitlines() if ln.startswith("#")), name)
+        parts.append(predict_patterns(body, title))
+    emit("### γ planner on the measured call patterns\n\n" + "\n".join(parts), out, section)
+
+
+def cmd_official(args, device, out, section) -> None:
+    preset(args.preset)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    emit(run_official(args.var_repo, args.preset, device, batch=args.batch, repeats=args.repeats,
+                      precisions=precisions, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p), out, section)
+
+
 COMMANDS = {"generate": cmd_generate, "modes": cmd_modes, "report": cmd_report, "profile": cmd_profile,
-            "floor": cmd_floor, "patterns": cmd_patterns, "gpu": cmd_gpu}
+            "floor": cmd_floor, "patterns": cmd_patterns, "gpu": cmd_gpu, "planner": cmd_planner,
+            "predict": cmd_predict, "official": cmd_official}
 
 
 def main(argv=None) -> None:

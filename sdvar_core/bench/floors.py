@@ -111,12 +111,12 @@ def run_floor(presets: list[str], batches: list[int], device: torch.device, *, p
             f"- measured: device copy {bw / 1e9:.0f} GB/s (bytes read + written), {precision} {('8192' if big else '1024')}³ "
             f"matmul {rate / 1e12:.2f} TFLOP/s\n"
             f"- per image: median of {repeats} generate() runs after one warm-up, ÷ batch; one CFG image = 2 rows; "
-            f"VQ-VAE {'tiny' if small else 'official'} decode in fp32\n"
+            f"VQ-VAE {'tiny' if small else 'official'} decode in {precision} (autocast)\n"
             f"- weight-read floor = parameters × {weight_bytes} bytes × 10 scales ÷ copy bandwidth ÷ batch "
             f"(every call reads every weight once); FLOP floor = transformer_flops ÷ matmul rate ÷ batch; "
             f"× floor = transformer ÷ the larger floor\n"
-            f"- 'fp32 weights + autocast' is the engine's precision='bf16' path: every call reads the fp32 weights "
-            f"and writes/reads a bf16 copy (≈ 4× the bf16 weight bytes)\n")
+            f"- 'fp32 weights + autocast' is the engine's precision='bf16' path: the first call of a run casts the "
+            f"fp32 weights to a bf16 copy that the later calls of the run reuse\n")
     return head + "\n" + markdown_table(
         ["model", "weights", "batch", "transformer ms/img", "decode ms/img", "total ms/img", "weight floor ms/img",
          "FLOP floor ms/img", "× floor", "params"], lines) + "\n"

@@ -100,6 +100,7 @@ class RowResult:
     call_seconds: dict = field(default_factory=dict)   # (model, scales) → [seconds]
     passes: np.ndarray | None = None                   # (K,) scale passed (every sample) in a round
     judged: np.ndarray | None = None                   # (K,) scale judged in a round
+    round_gammas: dict = field(default_factory=dict)   # γ → number of speculative rounds that drafted γ scales
 
     def add(self, repeat: int, wall: float, trace) -> None:
         acc = [a for a in trace.acceptance_per_scale() if a is not None]
@@ -111,6 +112,7 @@ class RowResult:
         if self.passes is None:
             self.passes, self.judged = np.zeros(K), np.zeros(K)
         for rd in trace.rounds:
+            self.round_gammas[rd.gamma] = self.round_gammas.get(rd.gamma, 0) + 1
             for k in rd.accepted_scales:
                 self.passes[k] += 1
                 self.judged[k] += 1
@@ -162,6 +164,7 @@ def measure(pair: Pair, rows: list[Row], plan: Plan, *, deadline: float | None =
     first as a warm-up (untimed). Past `deadline` (a time.perf_counter() value) no new repeat
     starts, so every row has the same completed repeats. on_images(row, images, class_ids) sees
     each run's images. settings: extra generate() settings for every row (e.g. precision).
+    A gamma="auto" row also runs once untimed first (its planner calibrates then).
     """
     settings = dict(settings or {})
     results = {row.name: RowResult(row) for row in rows}
@@ -169,6 +172,8 @@ def measure(pair: Pair, rows: list[Row], plan: Plan, *, deadline: float | None =
     for row in rows:
         if row.mode in ("target", "draft"):
             generate(pair, row.mode, ids0, seed0, progressive=False, **settings)
+        elif row.kwargs.get("gamma") == "auto":
+            generate(pair, row.mode, ids0, seed0, progressive=False, **row.kwargs, **settings)
     for r, runs in enumerate(plan):
         if r and deadline is not None and time.perf_counter() > deadline:
             log(f"  deadline reached: {r} of {len(plan)} repeats done")

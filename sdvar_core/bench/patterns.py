@@ -16,7 +16,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ..engine import Pair, generate
+from ..calibration import calibrate
+from ..engine import Pair, Settings, generate
+from ..planner import Costs, PassEstimator, Planner, solve
 from ..runtime import machine_name
 from .costmodel import predicted_speedup
 from .harness import TARGET_ROW, Row, table_rows
@@ -40,8 +42,9 @@ def forced_verdicts(accept: float, rng: np.random.Generator):
     return lambda k: bool(rng.random() < accept)
 
 
-def mode_patterns(num_scales: int, gammas: Iterable[int], accepts: Iterable[float]) -> list[Pattern]:
-    """Target only, draft only, both hand-off directions (e = 1..9), sd_masks at e = K/2, speculative γ × forced acceptance."""
+def mode_patterns(num_scales: int, gammas: Iterable[int], accepts: Iterable[float], auto: bool = False) -> list[Pattern]:
+    """Target only, draft only, both hand-off directions (e = 1..9), sd_masks at e = K/2, speculative γ × forced
+    acceptance (and with auto, gamma="auto" × forced acceptance)."""
     pats = [Pattern(Row(TARGET_ROW, "target")), Pattern(Row("draft only", "draft"))]
     for row in table_rows("report", num_scales):
         if row.mode == "schedule" and (row.kwargs["sd_mask"] == 3 or row.name.startswith(f"D→T e={num_scales // 2} ")):
@@ -49,24 +52,34 @@ def mode_patterns(num_scales: int, gammas: Iterable[int], accepts: Iterable[floa
     for g in gammas:
         for a in accepts:
             pats.append(Pattern(Row(f"spec γ={g} forced acceptance {a:g}", "speculative", (("gamma", g),)), a))
+    if auto:
+        for a in accepts:
+            pats.append(Pattern(Row(f"spec γ=auto forced acceptance {a:g}", "speculative", (("gamma", "auto"),)), a))
     return pats
 
 
-def run_pattern(pair: Pair, pattern: Pattern, batch: int, seed: int, precision: str, rng: np.random.Generator):
-    """One generate() call of `pattern` (final picture only) → its trace."""
+def run_pattern(pair: Pair, pattern: Pattern, batch: int, seed: int, precision: str, rng: np.random.Generator,
+                costs: Costs | None = None):
+    """One generate() call of `pattern` (final picture only) → its trace. An auto pattern is planned with
+    `costs` and its forced acceptance as a known pass probability."""
     ids = [i % pair.num_classes for i in range(batch)]
     override = None if pattern.accept is None else forced_verdicts(pattern.accept, rng)
+    planner = None
+    if pattern.row.kwargs.get("gamma") == "auto":
+        planner = Planner(costs, PassEstimator.fixed(pair.layout.num_scales, pattern.accept))
     return generate(pair, pattern.row.mode, ids, seed, progressive=False, precision=precision,
-                    accept_override=override, **pattern.row.kwargs).trace
+                    accept_override=override, planner=planner, **pattern.row.kwargs).trace
 
 
 def run_patterns(pair: Pair, device: torch.device, *, batch: int, repeats: int, precision: str,
-                 gammas, accepts, deadline: float | None = None, title: str = "Call patterns") -> str:
-    """Every mode's call pattern with interleaved repeats → markdown (with the cost model's prediction)."""
+                 gammas, accepts, deadline: float | None = None, title: str = "Call patterns", auto: bool = False) -> str:
+    """Every mode's call pattern with interleaved repeats → markdown (with the cost model's prediction).
+    auto: also gamma="auto" rows, planned with costs calibrated first on this pair and batch."""
     layout = pair.layout
-    pats = mode_patterns(layout.num_scales, gammas, accepts)
+    pats = mode_patterns(layout.num_scales, gammas, accepts, auto)
     meter = LoadMeter()
     t0 = time.perf_counter()
+    costs = calibrate(pair, batch, Settings(precision=precision))[0].costs(layout) if auto else None
     for p in pats[:2]:   # warm-up
         run_pattern(pair, p, batch, 0, precision, np.random.default_rng(0))
     secs = {p.name: {} for p in pats}
@@ -79,7 +92,7 @@ def run_patterns(pair: Pair, device: torch.device, *, batch: int, repeats: int, 
             break
         k = r % len(pats)
         for i, p in enumerate(pats[k:] + pats[:k]):
-            trace = run_pattern(pair, p, batch, r, precision, np.random.default_rng([r, i]))
+            trace = run_pattern(pair, p, batch, r, precision, np.random.default_rng([r, i]), costs)
             secs[p.name][r] = sum(c.seconds for c in trace.calls)
             calls[p.name].append((trace.target_calls, trace.draft_calls))
             for c in trace.calls:
@@ -102,7 +115,10 @@ def run_patterns(pair: Pair, device: torch.device, *, batch: int, repeats: int, 
         tc = [c[0] for c in calls[p.name]]
         dc = [c[1] for c in calls[p.name]]
         pred = None
-        if p.accept is not None:
+        if p.accept is not None and p.row.kwargs["gamma"] == "auto":   # the planner's own costs, calls only
+            calls_only = Costs(costs.draft, costs.target, [0.0] * layout.num_scales, [0.0] * layout.num_scales)
+            pred = calls_only.target_only() / solve(calls_only, [p.accept] * layout.num_scales).value[0][0]
+        elif p.accept is not None:
             pred = predicted_speedup(p.row.kwargs["gamma"], [p.accept] * layout.num_scales, draft_cost, target_cost)
         lines.append([p.name, fmt(float(np.mean(tc)), 1), fmt(float(np.mean(dc)), 1),
                       med_range([1000 * v for v in secs[p.name].values()], 1), med_range(sp), fmt(pred, 2)])
@@ -119,7 +135,9 @@ def run_patterns(pair: Pair, device: torch.device, *, batch: int, repeats: int, 
             f"batch) under the exact round rule, through generate(accept_override=…); the calls are the engine's "
             f"own for the drawn outcomes (a fresh draw per repeat, so calls and times vary between repeats)\n"
             f"- predicted: `predicted_speedup` from the mean per-call costs measured here with pass probability a "
-            f"at every scale, nothing outside the calls\n")
+            f"at every scale, nothing outside the calls"
+            + ("; auto rows: the planner (pass probability a known in advance) with per-call costs calibrated "
+               "before the repeats, its prediction from those costs" if auto else "") + "\n")
     return head + "\n" + markdown_table(
         ["pattern", "target calls", "draft calls", "call ms, median [min–max]", "speed-up vs target only",
          "predicted speed-up"], lines) + "\n"
