@@ -177,6 +177,26 @@ def policy_value(costs: Costs, pass_prob: list[float], gamma: int) -> float:
     return solve(costs, pass_prob, gammas=[int(gamma)], allow_zero=False).value[0][0]
 
 
+def schedule_value(costs: Costs, schedule: str, sd_mask: int = 3) -> float:
+    """Seconds of a hand-off schedule (one letter per scale, 'D' or 'T') from the same per-call costs.
+
+    Each call feeds every scale its model's cache lacks, up to the scale it makes (at a switch the
+    incoming model prefills the prefix in one call), then the work that makes the scale. sd_mask 0
+    drops the prefix: its prefill feeds the current scale alone. No verification, so no chance.
+    """
+    K = costs.num_scales
+    if len(schedule) != K or set(schedule) - {"D", "T"}:
+        raise ValueError(f"schedule must be {K} letters of 'D'/'T', got {schedule!r}")
+    fed = {"D": 0, "T": 0}   # first scale each model's cache lacks
+    total, previous = 0.0, None
+    for k, letter in enumerate(schedule):
+        table = costs.draft if letter == "D" else costs.target
+        first = k if (sd_mask == 0 and previous not in (None, letter)) else fed[letter]
+        total += table[first][k] + costs.make[k]
+        fed[letter], previous = k + 1, letter
+    return total
+
+
 def batch_pass_probability(p_draft: np.ndarray, q_draft: np.ndarray, lenience: float = 1.0) -> float:
     """P(every drafted token of a scale is accepted, for every sample), given the drafted tokens.
 
