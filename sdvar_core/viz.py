@@ -168,16 +168,24 @@ def scale_summary(trace: Trace, scale: int, sample: int = 0) -> str:
     return line
 
 
+def status_counts(trace: Trace) -> dict[int, np.ndarray]:
+    """Per status code that occurs in the run: tokens with that status at each scale (whole batch)."""
+    out = {}
+    for code in STATUS_NAMES:
+        counts = np.array([int((s.status == code).sum()) for s in trace.scales])
+        if counts.sum():
+            out[code] = counts
+    return out
+
+
 def acceptance_figure(trace: Trace) -> go.Figure:
     """Per scale: the share of tokens with each status (stacked bars, whole batch) and,
     where the target verified a draft, the acceptance rate as a line."""
     labels = [scale_label(trace.patch_nums, k) for k in range(len(trace.scales))]
     fig = go.Figure()
-    for code, name in STATUS_NAMES.items():
-        counts = np.array([int((s.status == code).sum()) for s in trace.scales])
-        totals = np.array([s.status.size for s in trace.scales])
-        if counts.sum() == 0:
-            continue
+    totals = np.array([s.status.size for s in trace.scales])
+    for code, counts in status_counts(trace).items():
+        name = STATUS_NAMES[code]
         fig.add_trace(go.Bar(x=labels, y=counts / totals, name=name, marker_color=STATUS_COLORS[code],
                              customdata=np.stack([counts, totals], axis=-1),
                              hovertemplate="%{x}: %{customdata[0]} of %{customdata[1]} tokens " + name
@@ -225,13 +233,15 @@ def plan_summary(trace: Trace) -> str | None:
             f"of the timeline for every candidate).")
 
 
-def timeline_figure(trace: Trace, reference: Trace | None = None, reference_label: str = "target only") -> go.Figure:
+def timeline_figure(trace: Trace, reference: Trace | None = None, reference_label: str = "target only",
+                    highlight: tuple[float, float, str] | None = None) -> go.Figure:
     """Model calls on a wall-clock axis: one lane per model, one bar per call from t_start to t_end.
 
     Bars are grouped in one trace per (lane, kind); the total number of bars is len(trace.calls)
     (+ len(reference.calls) when a reference run, e.g. target only, is drawn in its own lane).
     A gamma="auto" run adds a 'planner' lane: one marker per round at the moment it was planned
     (open: γ = 0; filled and labelled: the γ drafted), its candidates in the hover.
+    highlight: (start s, end s, label) shades that span, e.g. one round (`story.round_span`).
     """
     fig = go.Figure()
     plans = [r.plan for r in trace.rounds if r.plan is not None]
@@ -262,6 +272,11 @@ def timeline_figure(trace: Trace, reference: Trace | None = None, reference_labe
                 textposition="inside", insidetextanchor="middle",
                 hovertext=[_call_hover(c) for c in group], hoverinfo="text"))
     end = max([c.t_end for c in trace.calls] + ([c.t_end for c in reference.calls] if reference else []) + [0])
+    if highlight is not None:
+        t0, t1, label = highlight
+        fig.add_vrect(x0=t0 * 1e3, x1=t1 * 1e3, fillcolor=PLAN_COLOR, opacity=0.18, line=dict(color=PLAN_COLOR, width=1),
+                      layer="below", annotation_text=label, annotation_position="top left",
+                      annotation_font=dict(size=11, color="#7a2a5c"), name="highlight")
     fig.update_xaxes(title="wall clock since the run started (ms)", range=[0, end * 1e3 * 1.02], gridcolor="#e5e5e5")
     order = (["planner"] if plans else []) + ["draft", "target"] + ([reference_label] if reference is not None else [])
     fig.update_yaxes(categoryorder="array", categoryarray=order[::-1],
