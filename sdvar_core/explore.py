@@ -181,6 +181,36 @@ def headline(main: Trace, target_only: Trace | None = None, draft_only: Trace | 
     return out
 
 
+def run_mask_gallery(pair: Pair, class_id: int, seed: int, entry_num: int, settings: dict | None = None,
+                     on_progress=None) -> dict:
+    """The six masks on one seed: the target alone, then the hand-off 'D'·e + 'T'·(K−e) under each sd_mask
+    0–5 (batch 1, final pictures only). Returns {"target": Trace, 0: Trace, …, 5: Trace}."""
+    K = pair.layout.num_scales
+    if isinstance(entry_num, bool) or entry_num is None or int(entry_num) != entry_num or not 1 <= entry_num < K:
+        raise ValueError(f"entry_num must be an integer in 1..{K - 1} (a hand-off needs both models), got {entry_num}")
+    if isinstance(seed, bool) or seed is None or int(seed) != seed or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"seed must be an integer in 0..2^63-1, got {seed}")
+    s = {k: v for k, v in (settings or {}).items() if k not in ("entry_num", "schedule", "sd_mask", "gamma",
+                                                                 "adaptive_gamma", "progressive")}
+    jobs = [("target", "target", {})] + [(r, "schedule", dict(entry_num=int(entry_num), sd_mask=r)) for r in range(6)]
+    out = {}
+    for i, (key, mode, extra) in enumerate(jobs):
+        if on_progress is not None:
+            on_progress(i, len(jobs), "target alone" if key == "target" else f"sd_mask {key}")
+        out[key] = generate(pair, mode, [int(class_id)], seed=int(seed), progressive=False, **{**s, **extra}).trace
+    return out
+
+
+def gallery_summary(runs: dict, entry_num: int) -> dict:
+    """What the six-masks view keeps of `run_mask_gallery`'s runs: the final pictures, each mask's token
+    agreement with the target alone, and the settings (small: fits a session's state)."""
+    target = runs["target"]
+    return {"entry_num": int(entry_num), "seed": int(target.settings["seed"]),
+            "class_id": int(target.settings["class_ids"][0]), "patch_nums": list(target.patch_nums),
+            "target": target.images[0], "images": {r: runs[r].images[0] for r in range(6)},
+            "agreement": {r: agreement(runs[r], target) for r in range(6)}}
+
+
 def agreement(a: Trace, b: Trace) -> float:
     """Fraction of all final tokens (every scale, every sample) that are equal in two runs."""
     if list(a.patch_nums) != list(b.patch_nums):
