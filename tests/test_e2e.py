@@ -1,4 +1,5 @@
-"""End to end in headless Chromium: load the page, generate, scrub, open every tab; screenshots in tests/artifacts/."""
+"""End to end in headless Chromium: load the page, generate, scrub, the teaching views, open every tab; screenshots
+in tests/artifacts/."""
 import os
 import re
 from pathlib import Path
@@ -40,10 +41,15 @@ def test_walkthrough(page, app_server):
     from playwright.sync_api import expect
 
     # page load shows the precomputed run
-    expect(page.locator("#showing")).to_contain_text(EXAMPLE_TITLE)
+    # a loaded machine can take long to start the page's scripts: the first wait is generous
+    expect(page.locator("#showing")).to_contain_text(EXAMPLE_TITLE, timeout=120_000)
     expect(page.locator("#final-image img")).to_be_visible()
     page.locator("#token-grid .js-plotly-plot .main-svg").first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "01-loaded.png"), full_page=True)
+
+    # the teaching panel follows the example (a schedule run: no rounds, no odds to show)
+    expect(page.locator("#round-story")).to_contain_text("no speculative rounds")
+    expect(page.locator("#why-text")).to_contain_text("verified no drafted tokens")
 
     # the example also set the inputs it was made with
     expect(page.locator("#seed input")).to_have_value("5")
@@ -66,6 +72,32 @@ def test_walkthrough(page, app_server):
     assert page.locator("#token-grid .js-plotly-plot .hm").count() >= 1 or \
         page.locator("#token-grid .js-plotly-plot image").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "02-generated.png"), full_page=True)
+
+    # the teaching views of the same click: round story, why-chart, cost what-if
+    expect(page.locator("#round-story")).to_contain_text("Round 1 of")
+    expect(page.locator("#round-story")).to_contain_text("one verify call")
+    page.locator("#why-chart .js-plotly-plot .main-svg").first.wait_for()
+    expect(page.locator("#why-chart")).to_contain_text("Why exact speculation stalls")
+    expect(page.locator("#why-text")).to_contain_text("target calls")
+    page.locator("#cost-whatif .js-plotly-plot .main-svg").first.wait_for()
+    expect(page.locator("#cost-whatif")).to_contain_text("measured")
+    expect(page.locator("#whatif-text")).to_contain_text("γ planner's own cost model")
+    rounds = page.get_by_label("number input for Round")
+    rounds.fill("2")
+    rounds.press("Enter")
+    expect(page.locator("#round-story")).to_contain_text("Round 2 of", timeout=60_000)
+    expect(page.locator("#timeline")).to_contain_text("round 2")   # the round shaded on the timeline
+    page.locator("#whatif-regime").get_by_text("GPU, batch 1 (launch-bound)").click()
+    expect(page.locator("#cost-whatif")).to_contain_text("fixed cost per call 20×", timeout=60_000)
+    page.locator("#timeline").screenshot(path=str(ARTIFACTS / "08-round-on-timeline.png"))
+    page.locator("#round-story").screenshot(path=str(ARTIFACTS / "09-round-story.png"))
+    page.locator("#why-chart").screenshot(path=str(ARTIFACTS / "10-why-chart.png"))
+    page.locator("#cost-whatif").screenshot(path=str(ARTIFACTS / "11-cost-whatif.png"))
+    # figures for slides: a zip of PNG/SVG/PDF
+    page.locator("#export-run").click()
+    expect(page.locator("#export-figures a").first).to_have_attribute("href", re.compile(r"sdvar-figures\.zip"),
+                                                                      timeout=120_000)
+    page.screenshot(path=str(ARTIFACTS / "12-teaching.png"), full_page=True)
 
     # scrub to scale 3
     number = page.get_by_label("number input for Scale (scrub through the generation)")
@@ -92,6 +124,12 @@ def test_walkthrough(page, app_server):
     page.locator("#pick-scale").get_by_label("number input for query scale").press("Enter")
     expect(page.locator("#keys-plot")).to_contain_text("Token (scale 3, row 2, col 2)")   # clamped to 3×3
     page.screenshot(path=str(ARTIFACTS / "04-masks.png"), full_page=True)
+    # six masks, one seed: the pattern and its effect in one view
+    page.locator("#gallery-run").click()
+    expect(page.locator("#gallery-text")).to_contain_text("hand-off at scale 5", timeout=90_000)
+    page.locator("#mask-gallery .js-plotly-plot .main-svg").first.wait_for()
+    expect(page.locator("#mask-gallery")).to_contain_text("Six masks, one seed")
+    page.locator("#mask-gallery").screenshot(path=str(ARTIFACTS / "13-mask-gallery.png"))
 
     # shapes tab: the speculative run's target verify call fed scales 1–2 (1 + 4 = 5 positions)
     page.get_by_role("tab", name="Shapes").click()
@@ -110,6 +148,12 @@ def test_walkthrough(page, app_server):
     expect(page.locator("#sweep-status")).to_contain_text("3 of 3 runs done", timeout=120_000)
     page.locator("#sweep-plot .js-plotly-plot .main-svg").first.wait_for()
     expect(page.locator("#sweep-table")).to_contain_text("D→T, sd_mask 3")
+    # the speed–quality frontier of the same sweep, with its anchors
+    page.locator("#pareto-plot .js-plotly-plot .main-svg").first.wait_for()
+    expect(page.locator("#pareto-plot")).to_contain_text("Speed–quality frontier")
+    expect(page.locator("#pareto-plot")).to_contain_text("draft only")
+    expect(page.locator("#frontier-text")).to_contain_text("On the front")
+    page.locator("#pareto-plot").screenshot(path=str(ARTIFACTS / "14-frontier.png"))
     page.screenshot(path=str(ARTIFACTS / "06-compare.png"), full_page=True)
 
     # only the app's own server was contacted

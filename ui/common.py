@@ -90,3 +90,9 @@ def named_outputs(config: dict, api_name: str, values) -> dict:
     if len(ids) != len(values) or None in ids:
         raise ValueError(f"{api_name}: {len(values)} values for outputs {ids} (every output needs an elem_id)")
     return dict(zip(ids, values))
+
+
+def runs_of(state) -> dict | None:
+    """The shown click's runs ({"main", "target", "draft"}: Traces) from the Generate tab's state, or None.
+    The one place the teaching views read run data from: a change of what the state holds changes only this."""
+    return state or None

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from sdvar_core import viz
+from sdvar_core import economics, viz, viz_teach
 from sdvar_core.explore import (DIRECTIONS, class_index, config_label, load_quality_classifier, parse_seeds,
                                 run_config, sweep_configs, sweep_row)
 
@@ -16,6 +16,9 @@ from .common import View, gpu, listen
 SWEEP_COLUMNS = ["config", "images", "target_calls", "draft_calls", "wall_s", "speedup", "token_agreement",
                  "pixel_psnr_db", "class_accuracy"]   # shown in the app; the CSV has every column
 SWEEP_OUTPUTS = ("sweep_md", "sweep_plot", "sweep_table", "sweep_csv")
+FRONTIER_METRICS = [("class accuracy if measured, else token agreement", "auto"),
+                    ("class accuracy", "class_accuracy"), ("token agreement", "token_agreement"),
+                    ("pixel PSNR", "pixel_psnr_db")]
 
 
 def build(view: View, num_scales: int) -> None:
@@ -51,6 +54,13 @@ def build(view: View, num_scales: int) -> None:
     view.sweep_md = gr.Markdown(elem_id="sweep-status")
     view.sweep_plot = gr.Plot(label="sweep", elem_id="sweep-plot")
     view.sweep_table = gr.Dataframe(interactive=False, elem_id="sweep-table")
+    gr.Markdown("### Speed–quality frontier\nEvery mode of the sweep as a point: speed-up against the target alone "
+                "→, quality ↑. Target only and draft only are the anchors; the dotted staircase is the Pareto front "
+                "(no other mode is both faster and better). Published VAR accelerations compare against the honest "
+                "baseline of simply running a smaller model — here, the draft alone.")
+    view.frontier_metric = gr.Radio(FRONTIER_METRICS, value="auto", label="Quality", elem_id="frontier-metric")
+    view.pareto_plot = gr.Plot(label="speed–quality frontier", elem_id="pareto-plot")
+    view.frontier_md = gr.Markdown(elem_id="frontier-text")
 
 
 def wire(view: View, bank) -> None:
@@ -58,6 +68,9 @@ def wire(view: View, bank) -> None:
     sweep = listen(view, view.sweep_btn.click, gpu(duration=180)(on_sweep), bank, view, public="sweep",
                    outputs=SWEEP_OUTPUTS, concurrency_id="model", concurrency_limit=1, show_progress_on=[view.sweep_plot])
     view.stop_btn.click(None, None, None, cancels=[sweep], api_visibility="private")
+    for i, event in enumerate((view.sweep_table.change, view.frontier_metric.input)):   # follows the table live
+        listen(view, event, frontier_view, view, outputs=("pareto_plot", "frontier_md"), show_progress="hidden",
+               public="frontier" if i else None, trigger_mode="always_last")
 
 
 def on_sweep_kind(view: View, *, sweep_kind) -> dict:
@@ -102,3 +115,21 @@ def on_sweep(bank, view: View, *, model_state, sweep_kind, sweep_seeds, sweep_cl
                               f"image(s) each) with **{pair.name}**. " + note,
                view.sweep_plot: viz.sweep_figure(df), view.sweep_table: df[SWEEP_COLUMNS].round(4),
                view.sweep_csv: str(csv_path)}
+
+
+def frontier_view(view: View, *, sweep_table, frontier_metric) -> dict:
+    """The frontier of the sweep table shown (the quality column 'auto': class accuracy where measured)."""
+    df = sweep_table if sweep_table is not None and len(sweep_table) and "config" in sweep_table else None
+    if df is None or not (df["config"].astype(str) != "").any():
+        return {view.pareto_plot: None, view.frontier_md: "Run a sweep to see its modes on the frontier."}
+    metric = None if frontier_metric in (None, "auto") else frontier_metric
+    if metric is not None and metric not in economics.QUALITY_METRICS:
+        raise ValueError(f"quality must be one of auto, {', '.join(economics.QUALITY_METRICS)}, got {metric!r}")
+    if metric is not None and metric not in economics.quality_choices(df):
+        raise ValueError(f"quality: this sweep did not measure {economics.QUALITY_METRICS[metric][0]}")
+    pts, metric = economics.frontier(df, metric)
+    front = pts[pts["on_front"]].sort_values("speedup")
+    label = economics.QUALITY_METRICS[metric][0]
+    text = (f"On the front ({label}): " + "; ".join(f"**{r['config']}** {r['speedup']:.2f}×, {r['quality']:.3g}"
+                                                    for _, r in front.iterrows()) + ".")
+    return {view.pareto_plot: viz_teach.frontier_figure(df, metric), view.frontier_md: text}

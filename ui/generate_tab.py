@@ -16,6 +16,7 @@ from sdvar_core.explore import (DEFAULT_INPUTS, MODELS, class_index, click_setti
 
 from sdvar_core.runtime import PRECISIONS, precision_supported
 
+from . import teach_panel
 from .common import View, gpu, listen, pair_info
 from .shapes_tab import shape_frame
 
@@ -102,6 +103,7 @@ def build(view: View, pair, on_cuda: bool) -> None:
     view.token_grid = gr.Plot(label="picture and token grid at this scale", elem_id="token-grid")
     view.acceptance = gr.Plot(label="acceptance per scale", elem_id="acceptance")
     view.timeline = gr.Plot(label="timeline", elem_id="timeline")
+    teach_panel.build(view, K)
 
 
 def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]]) -> None:
@@ -109,16 +111,18 @@ def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]]) -> N
     listen(view, view.model.change, on_model, bank, view, public="select_model",
            outputs=("model_state", "model", "model_md", "class_name", "class_id"))
     listen(view, view.mode.change, on_mode, view, outputs=("schedule_group", "spec_group"))
-    listen(view, view.generate_btn.click, gpu(duration=60)(on_generate), bank, view, public="generate",
-           outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="model", concurrency_limit=1,
-           show_progress_on=[view.final_image, view.token_grid])
+    generated = listen(view, view.generate_btn.click, gpu(duration=60)(on_generate), bank, view, public="generate",
+                       outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="model", concurrency_limit=1,
+                       show_progress_on=[view.final_image, view.token_grid])
     listen(view, view.scale.input, scale_view, view, public="scale_view", outputs=("token_grid", "scale_md"),
            trigger_mode="always_last", show_progress="hidden")
     listen(view, view.play.click, on_play, view, outputs=("scale", "token_grid", "scale_md"), show_progress="hidden")
-    listen(view, view.example.input, show_bundle, view, bundles, public="load_example", outputs=RUN_OUTPUTS + INPUTS)
+    example = listen(view, view.example.input, show_bundle, view, bundles, public="load_example",
+                     outputs=RUN_OUTPUTS + INPUTS)
     first = bundles[0][0] if bundles else None   # every new page opens on the first precomputed run
-    demo.load(functools.partial(show_bundle, view, bundles, example=first), None, view.outputs(*RUN_OUTPUTS, *INPUTS),
-              api_visibility="private")
+    loaded = demo.load(functools.partial(show_bundle, view, bundles, example=first), None,
+                       view.outputs(*RUN_OUTPUTS, *INPUTS), api_visibility="private")
+    teach_panel.wire(view, (generated, example, loaded))   # the teaching views follow every run shown
 
 
 # ---- callbacks ----------------------------------------------------------------------------------

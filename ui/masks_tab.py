@@ -7,6 +7,7 @@ import gradio as gr
 from sdvar_core import masks, viz
 from sdvar_core.config import ScaleLayout
 
+from . import mask_gallery
 from .common import View, listen
 
 INCLUDING_EXCLUDING = (
@@ -63,6 +64,7 @@ def build(view: View, layout: ScaleLayout) -> None:
     view.mask_multiples = gr.Plot(label="all six rules", elem_id="mask-multiples")
     with gr.Accordion("Every rule explained", open=False):
         gr.Markdown(all_rules_markdown(), elem_id="all-rules")
+    mask_gallery.build(view)
 
 
 def wire(view: View, bank) -> None:
@@ -75,6 +77,7 @@ def wire(view: View, bank) -> None:
                public="keys_view" if widget is view.pick_scale else None)   # the public endpoint first
     opened = listen(view, view.masks_tab.select, on_mask, bank, view, outputs=MASK_OUTPUTS)
     listen(view, opened.then, on_keys, bank, view, outputs=KEY_OUTPUTS)
+    mask_gallery.wire(view, bank)
 
 
 # ---- callbacks ----------------------------------------------------------------------------------
