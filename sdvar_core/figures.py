@@ -51,6 +51,11 @@ def load_runs(path) -> dict:
     return {"main": Trace.load(path)}
 
 
+def default_mask(num_scales: int) -> tuple[int, int]:
+    """DEFAULT_MASK on a layout of `num_scales` scales: the hand-off scale clamped to the last but one."""
+    return DEFAULT_MASK[0], max(0, min(DEFAULT_MASK[1], num_scales - 2))
+
+
 def handoff_of(trace: Trace) -> tuple[int, int] | None:
     """(sd_mask, current scale) of a run's first hand-off prefill, if it has one."""
     for c in trace.calls:
@@ -92,7 +97,7 @@ def static_figures(runs: dict | None = None, *, scale: int | None = None, round_
             figs["cost-whatif"] = viz_static.whatif(economics.cost_whatif(runs, **(whatif or {})))
         except ValueError as e:
             notes.append(f"cost what-if left out: {e}")
-    rule, current = mask or (handoff_of(main) if main is not None else None) or DEFAULT_MASK
+    rule, current = mask or (handoff_of(main) if main is not None else None) or default_mask(layout.num_scales)
     figs["mask-raster"] = viz_static.mask_raster(rule, current, layout)
     figs["six-masks"] = viz_static.six_masks(gallery["entry_num"] if gallery else current, layout, gallery)
     if sweep is not None and len(sweep):
@@ -179,7 +184,7 @@ def main(argv=None) -> None:
             raise ValueError(f"--entry-num must be in 0..{K - 1}, got {args.entry_num}")
         mask = None
         if args.mask_rule is not None or args.entry_num is not None:
-            run_mask = handoff_of(runs["main"]) or DEFAULT_MASK
+            run_mask = handoff_of(runs["main"]) or default_mask(K)
             mask = (run_mask[0] if args.mask_rule is None else args.mask_rule,
                     run_mask[1] if args.entry_num is None else args.entry_num)
         sweep = pd.read_csv(args.sweep) if args.sweep else None

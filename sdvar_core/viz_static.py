@@ -256,8 +256,9 @@ def whatif(w: economics.WhatIf) -> Figure:
     if w.measured_speedup is not None and w.click_label in labels:
         xi = labels.index(w.click_label)
         ax.plot(xi, w.measured_speedup, "D", color="black", markersize=9, label="measured in this click")
-        ax.annotate(f"measured {w.measured_speedup:.2f}×", (xi, w.measured_speedup), textcoords="offset points",
-                    xytext=(10, -14), fontsize=9, bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
+        ax.annotate(f"measured\n{w.measured_speedup:.2f}×", (xi, w.measured_speedup), textcoords="offset points",
+                    xytext=(0, -10), ha="center", va="top", fontsize=9,   # under the diamond, inside its own bar
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
     ax.axhline(1.0, color="#333333", linestyle="--", linewidth=1)
     ax.text(-0.4, 1.02, "target alone", fontsize=8, va="bottom")
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=9)

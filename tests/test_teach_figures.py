@@ -198,3 +198,60 @@ def test_cli_on_a_saved_trace_and_a_bundle(tmp_path, three_runs, examples_dir, c
         figures.main(["--trace", str(trace_path), "--out", str(tmp_path / "c"), "--scale", "11"])
     with pytest.raises(SystemExit, match="trace file not found"):
         figures.main(["--trace", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "c")])
+
+
+# ---- saved traces --------------------------------------------------------------------------------------
+
+def test_figures_of_a_saved_known_trace(tmp_path):
+    """The known trace of test_story, saved and loaded: the figures carry the numbers worked out by hand
+    (scale 1: 1 of 1 accepted, min(1, 0.5/0.4) = 1; scale 2: 3 of 4 accepted, only 0.1/0.4 = 0.25 below 1)."""
+    from test_story import known_trace
+
+    path = tmp_path / "known.npz"
+    known_trace().save(path)
+    runs = figures.load_runs(path)
+    trace = runs["main"]
+    d = viz_teach.why_data(trace)
+    assert d["tokens"] == [1, 4, 9]
+    assert d["alpha"][:2] == pytest.approx([1.0, 0.75]) and d["alpha"][2] is None
+    assert d["pass_prob"][:2] == pytest.approx([1.0, 0.25]) and d["pass_prob"][2] is None
+    assert d["ref_alpha"] == pytest.approx((1 + 4 * 0.8125) / 5)   # the mean min(1, p/q) of the 5 verified tokens
+    traces = by_name(viz_teach.why_figure(trace))
+    assert np.allclose(np.asarray(traces["P(whole scale passes) = ∏ min(1, p/q)"].y, float), [1.0, 0.25, np.nan],
+                       equal_nan=True)
+    (line,) = [ln for ln in viz_static.why(trace).axes[0].lines if ln.get_label().startswith("P(whole")]
+    assert np.allclose(np.asarray(line.get_ydata(), float)[:2], [1.0, 0.25])
+    # the timeline shades round 2 from its plan (30 ms) to the end of its target step (35 ms)
+    fig = viz.timeline_figure(trace, highlight=(*story.round_span(trace, 1), "round 2"))
+    assert (fig.layout.shapes[0].x0, fig.layout.shapes[0].x1) == pytest.approx((30.0, 35.0))
+    figs, texts = figures.static_figures(runs, round_index=0)   # three scales: the default mask fits the layout
+    assert set(figs) == {"token-grid-scale3", "acceptance", "timeline", "why-chart", "cost-whatif", "mask-raster",
+                         "six-masks"}
+    assert texts["round-story.md"] == story.round_story(known_trace(), 0)
+    assert texts["why.md"] == story.why_text(known_trace())
+    assert figures.default_mask(3) == (1, 1) and figures.default_mask(10) == figures.DEFAULT_MASK
+
+
+def test_teaching_figures_of_a_shipped_example():
+    """The first shipped example (a saved exact speculative click, loaded from disk): the why-chart's odds
+    are the products of min(1, p/q) over every verified token, recomputed here from the raw arrays."""
+    from sdvar_core.config import EXAMPLES_DIR
+
+    path = EXAMPLES_DIR / "01-speculative-exact.npz"
+    if not path.is_file():
+        pytest.skip("no shipped example")
+    runs = figures.load_runs(path)
+    trace = runs["main"]
+    d = viz_teach.why_data(trace)
+    for k, rec in enumerate(trace.scales):
+        if rec.p_draft is None:
+            assert d["pass_prob"][k] is None
+            continue
+        keep = np.minimum(1.0, rec.p_draft.astype(float) / rec.q_draft.astype(float)).reshape(rec.status.shape[0], -1)
+        assert d["pass_prob"][k] == pytest.approx(np.prod(keep, axis=1).mean(), rel=1e-4)
+    verify = [c for c in trace.calls if c.model == "target"]
+    assert f"**{len(verify)} target calls**" in story.why_text(trace)
+    w = economics.cost_whatif(runs)
+    bars = [p for p in w.predictions if p.kind == "speculative"]
+    assert [p.label for p in bars] == ["γ = 1", "γ = 2", "γ = 3", "γ = 4"] and all(p.speedup > 0 for p in bars)
+    assert w.measured_speedup == pytest.approx(runs["target"].timings["total"] / trace.timings["total"])
