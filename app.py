@@ -111,6 +111,7 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, sh
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
     limits = demo.sdvar_host.limits
     kwargs.setdefault("state_session_capacity", limits.max_sessions)
+    kwargs.setdefault("show_error", True)   # a failure inside Gradio itself still says what it was
     return demo.launch(server_name=host, server_port=port, share=share, css=CSS,
                        theme=gr.themes.Soft(primary_hue="blue"), **kwargs)
 

@@ -85,11 +85,13 @@ def one_session(client, example: str | None, i: int, generate: bool) -> None:
         client.predict(class_name="circle", seed=i, mode="speculative", api_name="/generate")
 
 
-def measure(checkpoints=(20, 300), generate_every: int = 10, env: dict | None = None, log=print) -> dict:
-    """{sessions: RSS MiB} after each checkpoint (plus 0: after start-up), from one app process."""
+def measure(checkpoints=(20, 300), generate_every: int = 10, env: dict | None = None, log=print,
+            app_log=None) -> dict:
+    """{sessions: RSS MiB} after each checkpoint (plus 0: after start-up), from one app process
+    (whose output goes to the file app_log when given)."""
     from gradio_client import Client
 
-    proc, url = start_app(env)
+    proc, url = start_app(env, log_path=app_log)
     try:
         client = Client(url, verbose=False)
         example = first_example(client)
@@ -116,10 +118,11 @@ def main(argv=None) -> None:
     parser.add_argument("--sessions", default="20,300", help="checkpoints, comma-separated (default 20,300)")
     parser.add_argument("--generate-every", type=int, default=10, help="every n-th session clicks Generate (0: none)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the app's environment")
+    parser.add_argument("--app-log", default=None, help="write the app's output to this file")
     args = parser.parse_args(argv)
     checkpoints = sorted(int(n) for n in args.sessions.split(","))
     env = dict(e.split("=", 1) for e in args.env)
-    result = measure(checkpoints, args.generate_every, env)
+    result = measure(checkpoints, args.generate_every, env, app_log=args.app_log)
     first, last = checkpoints[0], checkpoints[-1]
     growth = result[last] - result[first]
     print(json.dumps({"rss_mib": result, "growth_mib": round(growth, 1), "from": first, "to": last,

@@ -192,7 +192,7 @@ def sweep_configs(kind: str, entry_nums, directions, sd_masks, gammas, taus, num
     directions: keys of DIRECTIONS; taus: numbers in (0, 1]. Each list is checked by `validate`."""
     configs = [dict(kind="baseline", series="target only", mode="target"),
                dict(kind="baseline", series="draft only", mode="draft")]
-    kind = check("sweep_kind", kind, label="sweep kind")
+    kind = check("sweep_kind", kind)
     if kind == "schedule":
         entry_nums = sorted(check_list("sweep_entries", entry_nums, label="entry_num", num_scales=num_scales))
         directions = check_list("sweep_dirs", directions, label="direction", choices=tuple(DIRECTIONS))
@@ -263,8 +263,8 @@ def check_sweep_size(configs: list, seeds: list, max_runs: int = MAX_SWEEP_RUNS)
     """ValueError when settings × seeds exceeds `max_runs` (each run is one batch through the engine)."""
     runs = len(configs) * len(seeds)
     if runs > max_runs:
-        raise ValueError(f"this sweep needs {len(configs)} settings × {len(seeds)} seed(s) = {runs} runs; "
-                         f"at most {max_runs} runs per sweep (fewer settings or seeds)")
+        raise ValueError(f"this sweep has {len(configs)} settings × {len(seeds)} seed(s) = {runs} engine runs; "
+                         f"at most {max_runs} per sweep (choose fewer settings or seeds)")
 
 
 def run_config(pair: Pair, config: dict, seeds: list[int], class_ids: list[int], base: dict,

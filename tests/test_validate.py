@@ -130,9 +130,9 @@ def test_explore_uses_the_same_rules():
         explore.parse_seeds(None)
     with pytest.raises(ValueError, match="each direction item must be one of 'D→T', 'T→D', got '<b>'"):
         explore.sweep_configs("schedule", ["4"], ["<b>"], ["1"], [], [])
-    with pytest.raises(ValueError, match="sweep kind must be one of 'schedule', 'speculative'"):
+    with pytest.raises(ValueError, match="sweep_kind must be one of 'schedule', 'speculative'"):
         explore.sweep_configs(None, [], [], [], [], [])
-    with pytest.raises(ValueError, match="at most 64 runs per sweep"):
+    with pytest.raises(ValueError, match="= 80 engine runs; at most 64 per sweep"):
         explore.check_sweep_size([{}] * 10, list(range(8)), 64)
     explore.check_sweep_size([{}] * 8, list(range(8)), 64)
     s = explore.click_settings({"mode": "schedule", "entry_num": 6.0, "schedule": None, "gamma": 2.0})
