@@ -88,6 +88,14 @@ def _save(model: torch.nn.Module, stem, config: dict, meta: dict | None, dtype: 
     Path(f"{stem}.json").write_text(json.dumps({"config": config, **(meta or {})}, indent=2) + "\n")
 
 
+def read_json(path) -> object:
+    """The JSON document in `path`; ValueError naming the file when it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from e
+
+
 def _load(stem, what: str, config_from: Callable[[dict], object], build: Callable[[object], torch.nn.Module],
           device, skip: tuple[str, ...] = ()) -> torch.nn.Module:
     """Read `<stem>.json` + `<stem>.safetensors` into build(config), checked key by key; eval mode on `device`.
@@ -99,13 +107,13 @@ def _load(stem, what: str, config_from: Callable[[dict], object], build: Callabl
     absent = [str(p) for p in (json_path, st_path) if not p.is_file()]
     if absent:
         raise ValueError(f"{what} file(s) not found: {', '.join(absent)}")
-    info = json.loads(json_path.read_text())
+    info = read_json(json_path)
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise ValueError(f"{json_path}: expected {{'config': {{...}}, ...}} with the {what} config")
     try:
         model = build(config_from(info["config"]))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{json_path}: bad {what} config: {e}") from e
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as e:
+        raise ValueError(f"{json_path}: bad {what} config: {type(e).__name__}: {e}") from e
     try:
         state = load_file(str(st_path))
     except Exception as e:  # safetensors raises its own error type for a damaged header
@@ -117,7 +125,10 @@ def _load(stem, what: str, config_from: Callable[[dict], object], build: Callabl
     else:
         check_state_dict(state, {k: v for k, v in model.state_dict().items() if k not in skip}, source)
     own = model.state_dict()
-    model.load_state_dict({**state, **{k: own[k] for k in skip}}, strict=True)
+    try:
+        model.load_state_dict({**state, **{k: own[k] for k in skip}}, strict=True)
+    except RuntimeError as e:  # e.g. a tensor of a type that cannot be copied into the parameter
+        raise ValueError(f"{source} could not be loaded: {e}") from e
     return model.to(device).eval()
 
 

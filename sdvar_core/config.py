@@ -5,14 +5,16 @@ and the app can use the layout without building a model.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 OFFICIAL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
-# What the repository ships: the embedded pair, the FID-tiny classifier, the app's precomputed runs.
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+# What the repository ships: the embedded pair, the FID-tiny classifier, the app's precomputed runs
+# (in assets/ of the checkout, or the folder $SDVAR_ASSETS_DIR names).
+ASSETS_DIR = Path(os.environ.get("SDVAR_ASSETS_DIR") or Path(__file__).resolve().parent.parent / "assets")
 TINY_DIR = ASSETS_DIR / "tiny"
 CLASSIFIER_STEM = ASSETS_DIR / "classifier"   # <stem>.json + <stem>.safetensors
 EXAMPLES_DIR = ASSETS_DIR / "examples"

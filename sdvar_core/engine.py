@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from . import masks
-from .runtime import PRECISIONS, autocast_for, autocast_session, check_precision
-from .sampling import cfg_mix, check_sampling_args, guidance, probabilities, sample, smooth_weights
+from .runtime import autocast_for, autocast_session
+from .sampling import cfg_mix, guidance, probabilities, sample, smooth_weights
 from .trace import DRAFT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
+from .validate import MODES, check, check_settings
 
-MODES = ("target", "draft", "schedule", "speculative")
 # The acceptance generator's seed is one step of Knuth's MMIX linear congruential generator applied to
 # the run's seed, so sampling and acceptance draw from unrelated streams.
 LCG_MULTIPLIER, LCG_INCREMENT = 6364136223846793005, 1442695040888963407
@@ -78,33 +78,9 @@ class Settings:
     progressive: bool = True       # decode the picture after every scale for the trace
     more_smooth: bool = False      # VAR's soft (Gumbel-softmax) codebook mixture in f_hat; not in speculative mode
 
-    def validate(self, mode: str, num_scales: int) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        check_sampling_args(self.cfg, self.top_k, self.top_p)
-        if self.entry_num is not None and not (int(self.entry_num) == self.entry_num and 0 <= self.entry_num <= num_scales):
-            raise ValueError(f"entry_num must be an integer in 0..{num_scales}, got {self.entry_num}")
-        if self.schedule is not None and (len(self.schedule) != num_scales or set(self.schedule) - {"D", "T"}):
-            raise ValueError(f"schedule must be {num_scales} letters of 'D'/'T', got {self.schedule!r}")
-        if self.sd_mask not in range(6):
-            raise ValueError(f"sd_mask must be an integer in 0..5, got {self.sd_mask}")
-        if self.verify_mask not in range(1, 6):
-            raise ValueError(f"verify_mask must be an integer in 1..5 (0 would drop the target's prefix), got {self.verify_mask}")
-        if self.gamma != "auto" and (isinstance(self.gamma, str) or int(self.gamma) != self.gamma or self.gamma < 1):
-            raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}")
-        if mode == "speculative" and self.gamma == "auto" and self.adaptive_gamma:
-            raise ValueError("adaptive_gamma and gamma='auto' both choose γ: use one of them")
-        if self.accept not in ("prob", "top1"):
-            raise ValueError(f"accept must be 'prob' or 'top1', got {self.accept!r}")
-        if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
-        if not self.lenience >= 1:
-            raise ValueError(f"lenience (λ) must be >= 1, got {self.lenience}")
-        if self.more_smooth and mode == "speculative":
-            raise ValueError("more_smooth is not available in speculative mode: its f_hat depends on the "
-                             "probabilities, not only the tokens, so verification would compare different inputs")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+    def validate(self, mode: str, num_scales: int, device=None) -> None:
+        """Check every field for `mode` in place (4.0 → 4); the rules live in `validate`."""
+        check_settings(self, mode, num_scales, device)
 
     @property
     def exact(self) -> bool:
@@ -325,19 +301,19 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     if unknown:
         raise ValueError(f"unknown setting(s): {sorted(unknown)}")
     s = Settings(**settings)
-    s.validate(mode, pair.layout.num_scales)
+    s.validate(mode, pair.layout.num_scales, pair.target.device)
+    seed = check("seed", seed)
     if accept_override is not None and mode != "speculative":
         raise ValueError(f"accept_override applies to speculative mode only, not {mode!r}")
-    device = pair.target.device
-    check_precision(device, s.precision)
-    if isinstance(class_ids, int):
+    if hasattr(class_ids, "tolist"):   # a tensor or an array
+        class_ids = class_ids.tolist()
+    if not isinstance(class_ids, (list, tuple)):
         class_ids = [class_ids]
-    class_ids = torch.as_tensor(list(class_ids), dtype=torch.long).view(-1)
-    if class_ids.numel() == 0:
+    if len(class_ids) == 0:
         raise ValueError("class_ids is empty")
-    if int(class_ids.min()) < 0 or int(class_ids.max()) >= pair.num_classes:
-        raise ValueError(f"class ids must be in [0, {pair.num_classes}), got {class_ids.tolist()}")
-    class_ids = class_ids.to(device)
+    class_ids = [check("class_id", c, num_classes=pair.num_classes) for c in list(class_ids)]
+    device = pair.target.device
+    class_ids = torch.as_tensor(class_ids, dtype=torch.long, device=device)
     auto = mode == "speculative" and s.gamma == "auto"
     if planner is not None and not auto:
         raise ValueError("planner applies to speculative mode with gamma='auto' only")

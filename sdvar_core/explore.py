@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import threading
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,14 @@ from .config import CLASSIFIER_STEM
 from .data import CLASS_NAMES
 from .engine import Pair, Settings, generate
 from .trace import ACCEPTED, Trace
+from .validate import check, check_list, shown
+
+log = logging.getLogger(__name__)
 
 DIRECTIONS = {"D→T": "draft first, then target: 'D'·e + 'T'·(10−e)",
               "T→D": "target first, then draft: 'T'·e + 'D'·(10−e)"}
 MAX_SWEEP_CONFIGS, MAX_SWEEP_SEEDS = 64, 8
+MAX_SWEEP_RUNS = 64   # settings × seeds in one sweep (the app's default; $SDVAR_SWEEP_MAX_RUNS there)
 
 # ---- the pairs on offer -----------------------------------------------------------------------
 
@@ -63,11 +68,10 @@ class PairBank:
     def get(self, key: str) -> Pair:
         """The pair for `key`; ValueError with a clear message when it cannot be loaded.
 
-        If the embedded pair's weights are missing, an untrained pair with its shapes stands in
-        (noted in `notes`).
+        If the embedded pair cannot be loaded (a file missing or damaged), an untrained pair with its
+        shapes stands in, and `notes['tiny']` says which file and what still works.
         """
-        if key not in MODELS:
-            raise ValueError(f"unknown model {key!r}; choose one of {', '.join(MODELS)}")
+        key = check("model", key, choices=tuple(MODELS))
         with self.lock:
             if key not in self.pairs:
                 if key != "tiny":
@@ -75,14 +79,16 @@ class PairBank:
                         del self.pairs[other]
                 try:
                     self.pairs[key] = self.loader(key)
-                except (ValueError, ImportError, OSError) as e:
+                except Exception as e:  # a damaged or missing file of any kind: the app must keep running
                     if key != "tiny":
                         raise ValueError(f"{MODELS[key]} could not be loaded: {e}") from e
+                    log.warning("the embedded pair could not be loaded: %s", e)
                     from .zoo import random_pair
 
                     self.pairs[key] = random_pair(name="tiny (random weights)")
-                    self.notes[key] = (f"The embedded weights could not be loaded ({e}); an untrained pair with "
-                                       "random weights stands in, so pictures are noise.")
+                    self.notes[key] = (f"The embedded pair could not be loaded: {e}. An untrained pair with random "
+                                       "weights stands in: Generate and Compare run, but their pictures are noise. "
+                                       "The Masks and Shapes tabs and the official models work as usual.")
             return self.pairs[key]
 
 
@@ -99,21 +105,24 @@ DEFAULT_INPUTS = dict(class_name=CLASS_NAMES[8], class_id=207, seed=0, mode="spe
                       gamma_auto=True, **{name: getattr(Settings(), name) for name in CLICK_SETTINGS})
 
 
-def click_settings(inputs: dict) -> dict:
+def click_settings(inputs: dict, num_scales: int = 10) -> dict:
     """Settings for engine.generate from the Generate tab's values (keys of DEFAULT_INPUTS; missing ones
-    take the defaults), each cast to its `Settings` type. A schedule string, when given, wins over
-    entry_num; in speculative mode gamma_auto sets gamma="auto" (and adaptive γ off). Validation is the engine's."""
+    take the defaults), each checked and coerced by its rule (`validate`: 3.0 → 3, 'no' is no boolean).
+    A schedule string, when given, wins over entry_num; in speculative mode gamma_auto sets gamma="auto"
+    (and adaptive γ off). The engine checks the schedule against the pair's scales."""
     v = {**DEFAULT_INPUTS, **inputs}
-    defaults = Settings()
-    s = {name: type(getattr(defaults, name))(v[name]) for name in CLICK_SETTINGS}
-    if v["mode"] == "speculative" and v["gamma_auto"]:
+    s = {name: check(name, v[name]) for name in CLICK_SETTINGS}
+    entry_num = check("entry_num", v["entry_num"], num_scales=num_scales)   # checked even when unused
+    text = check("schedule_text", "" if v["schedule"] is None else v["schedule"], label="schedule")
+    mode = check("mode", v["mode"])
+    if mode == "speculative" and check("gamma_auto", v["gamma_auto"]):
         s.update(gamma="auto", adaptive_gamma=False)
-    if v["mode"] == "schedule":
-        text = (v["schedule"] or "").strip().upper().replace(" ", "")
+    if mode == "schedule":
+        text = text.strip().upper().replace(" ", "")
         if text:
             s["schedule"] = text
         else:
-            s["entry_num"] = int(v["entry_num"])
+            s["entry_num"] = entry_num
     return s
 
 
@@ -125,12 +134,9 @@ def settings_of(trace: Trace) -> Settings:
 def class_index(pair: Pair, class_name, class_id) -> int:
     """The class id from the name picker (pairs with names) or the number box (ImageNet ids)."""
     if pair.class_names:
-        if class_name not in pair.class_names:
-            raise ValueError(f"unknown class {class_name!r}; choose one of {', '.join(pair.class_names)}")
-        return pair.class_names.index(class_name)
-    if class_id is None or float(class_id) != int(class_id) or not 0 <= int(class_id) < pair.num_classes:
-        raise ValueError(f"class id must be an integer in 0..{pair.num_classes - 1}, got {class_id}")
-    return int(class_id)
+        names = tuple(pair.class_names)
+        return names.index(check("class_name", class_name, choices=names))
+    return check("class_id", class_id, num_classes=pair.num_classes)
 
 
 def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, on_progress=None) -> dict:
@@ -139,11 +145,7 @@ def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, o
     The chosen run decodes its picture after every scale; the comparisons decode only the final picture.
     A comparison equal to the chosen mode reuses that run. Returns {"main", "target", "draft": Trace}.
     """
-    if seed is None or isinstance(seed, float) and not seed.is_integer():
-        raise ValueError(f"seed must be an integer, got {seed}")
-    seed = int(seed)
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in 0..2^63-1, got {seed}")
+    seed, mode = check("seed", seed), check("mode", mode)
     jobs = [("main", mode, settings, True)] + [(m, m, settings, False) for m in ("target", "draft") if m != mode]
     K = pair.layout.num_scales
     runs = {}
@@ -186,10 +188,9 @@ def run_mask_gallery(pair: Pair, class_id: int, seed: int, entry_num: int, setti
     """The six masks on one seed: the target alone, then the hand-off 'D'·e + 'T'·(K−e) under each sd_mask
     0–5 (batch 1, final pictures only). Returns {"target": Trace, 0: Trace, …, 5: Trace}."""
     K = pair.layout.num_scales
-    if isinstance(entry_num, bool) or entry_num is None or int(entry_num) != entry_num or not 1 <= entry_num < K:
+    entry_num, seed = check("entry_num", entry_num, num_scales=K), check("seed", seed)
+    if not 1 <= entry_num < K:
         raise ValueError(f"entry_num must be an integer in 1..{K - 1} (a hand-off needs both models), got {entry_num}")
-    if isinstance(seed, bool) or seed is None or int(seed) != seed or not 0 <= int(seed) < 2**63:
-        raise ValueError(f"seed must be an integer in 0..2^63-1, got {seed}")
     s = {k: v for k, v in (settings or {}).items() if k not in ("entry_num", "schedule", "sd_mask", "gamma",
                                                                  "adaptive_gamma", "progressive")}
     jobs = [("target", "target", {})] + [(r, "schedule", dict(entry_num=int(entry_num), sd_mask=r)) for r in range(6)]
@@ -219,33 +220,36 @@ def agreement(a: Trace, b: Trace) -> float:
 
 
 def sweep_configs(kind: str, entry_nums, directions, sd_masks, gammas, taus, num_scales: int = 10) -> list[dict]:
-    """The runs of a sweep: target-only and draft-only baselines first, then one entry per setting."""
+    """The runs of a sweep: target-only and draft-only baselines first, then one entry per setting.
+
+    entry_nums, sd_masks, gammas: integers (or numbers written as text, as check boxes send them);
+    directions: keys of DIRECTIONS; taus: numbers in (0, 1]. Each list is checked by `validate`."""
     configs = [dict(kind="baseline", series="target only", mode="target"),
                dict(kind="baseline", series="draft only", mode="draft")]
+    kind = check("sweep_kind", kind)
     if kind == "schedule":
+        entry_nums = sorted(check_list("sweep_entries", entry_nums, label="entry_num", num_scales=num_scales))
+        directions = check_list("sweep_dirs", directions, label="direction", choices=tuple(DIRECTIONS))
+        sd_masks = check_list("sweep_masks", sd_masks, label="sd_mask")
         if not entry_nums or not directions or not sd_masks:
             raise ValueError("a schedule sweep needs at least one entry_num, one direction and one sd_mask")
         for d in directions:
-            if d not in DIRECTIONS:
-                raise ValueError(f"direction must be one of {list(DIRECTIONS)}, got {d!r}")
             first, second = ("D", "T") if d == "D→T" else ("T", "D")
             for m in sd_masks:
-                for e in sorted(int(e) for e in entry_nums):
-                    if not 0 <= e <= num_scales:
-                        raise ValueError(f"entry_num must be in 0..{num_scales}, got {e}")
+                for e in entry_nums:
                     schedule = first * e + second * (num_scales - e)
                     if len(set(schedule)) == 1:   # no hand-off: that is a baseline
                         continue
-                    configs.append(dict(kind="schedule", series=f"{d}, sd_mask {int(m)}", mode="schedule",
-                                        schedule=schedule, sd_mask=int(m), entry_num=e, direction=d))
-    elif kind == "speculative":
+                    configs.append(dict(kind="schedule", series=f"{d}, sd_mask {m}", mode="schedule",
+                                        schedule=schedule, sd_mask=m, entry_num=e, direction=d))
+    else:
+        gammas = sorted(check_list("sweep_gammas", gammas, label="γ", num_scales=num_scales))
+        taus = sorted(check_list("sweep_taus", taus, label="τ"), reverse=True)
         if not gammas or not taus:
             raise ValueError("a speculative sweep needs at least one γ and one τ")
-        for t in sorted((float(t) for t in taus), reverse=True):
-            for g in sorted(int(g) for g in gammas):
+        for t in taus:
+            for g in gammas:
                 configs.append(dict(kind="speculative", series=f"τ = {t:g}", mode="speculative", gamma=g, tau=t))
-    else:
-        raise ValueError(f"sweep kind must be 'schedule' or 'speculative', got {kind!r}")
     if len(configs) == 2:
         raise ValueError("every chosen schedule equals a baseline (entry_num 0 or 10); pick entry_num in 1..9")
     if len(configs) > MAX_SWEEP_CONFIGS:
@@ -263,33 +267,47 @@ def config_label(config: dict) -> str:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0, 1, 5' or '0-3' → [0, 1, 5] / [0, 1, 2, 3]."""
+    """'0, 1, 5' or '0-3' → [0, 1, 5] / [0, 1, 2, 3]; each seed in 0..2^63-1, at most MAX_SWEEP_SEEDS."""
+    text = check("seeds_text", text, label="seeds")
     seeds = []
-    for part in str(text).replace(";", ",").split(","):
+    for part in text.replace(";", ",").split(","):
         part = part.strip()
         if not part:
             continue
+        lo, _, hi = part.partition("-") if "-" in part[1:] else (part, "", part)
         try:
-            lo, _, hi = part.partition("-") if "-" in part[1:] else (part, "", part)
             lo, hi = int(lo), int(hi)
         except ValueError:
-            raise ValueError(f"seeds must be integers like '0, 1, 2' or '0-3', got {part!r}") from None
+            raise ValueError(f"seeds must be integers like '0, 1, 2' or '0-3', got {shown(part)}") from None
+        lo, hi = (check("seed", v, label="each seed") for v in (lo, hi))
+        if hi < lo:
+            raise ValueError(f"a seed range must run upwards, got {shown(part)}")
         if hi - lo >= MAX_SWEEP_SEEDS:
-            raise ValueError(f"at most {MAX_SWEEP_SEEDS} seeds per sweep, got the range {part}")
+            raise ValueError(f"at most {MAX_SWEEP_SEEDS} seeds per sweep, got the range {shown(part)}")
         seeds += range(lo, hi + 1)
     if not seeds:
         raise ValueError("give at least one seed, e.g. '0, 1'")
-    if min(seeds) < 0:
-        raise ValueError("seeds must be >= 0")
+    seeds = list(dict.fromkeys(seeds))
     if len(seeds) > MAX_SWEEP_SEEDS:
         raise ValueError(f"at most {MAX_SWEEP_SEEDS} seeds per sweep, got {len(seeds)}")
-    return list(dict.fromkeys(seeds))
+    return seeds
 
 
-def run_config(pair: Pair, config: dict, seeds: list[int], class_ids: list[int], base: dict) -> list[Trace]:
-    """One sweep entry: a batch of `class_ids` for every seed (final pictures only)."""
+def check_sweep_size(configs: list, seeds: list, max_runs: int = MAX_SWEEP_RUNS) -> None:
+    """ValueError when settings × seeds exceeds `max_runs` (each run is one batch through the engine)."""
+    runs = len(configs) * len(seeds)
+    if runs > max_runs:
+        raise ValueError(f"this sweep has {len(configs)} settings × {len(seeds)} seed(s) = {runs} engine runs; "
+                         f"at most {max_runs} per sweep (choose fewer settings or seeds)")
+
+
+def run_config(pair: Pair, config: dict, seeds: list[int], class_ids: list[int], base: dict,
+               on_scale=None) -> list[Trace]:
+    """One sweep entry: a batch of `class_ids` for every seed (final pictures only); on_scale(done, total)
+    is the engine's progress callback (raising in it stops the sweep)."""
     s = {**base, **{k: config[k] for k in ("schedule", "sd_mask", "gamma", "tau") if k in config}}
-    return [generate(pair, config["mode"], class_ids, seed=seed, progressive=False, **s).trace for seed in seeds]
+    return [generate(pair, config["mode"], class_ids, seed=seed, progressive=False, on_scale=on_scale, **s).trace
+            for seed in seeds]
 
 
 def sweep_row(config: dict, traces: list[Trace], reference: list[Trace], class_ids, classifier) -> dict:
@@ -312,15 +330,18 @@ def sweep_row(config: dict, traces: list[Trace], reference: list[Trace], class_i
             "class_accuracy": acc}
 
 
-def load_quality_classifier(pair: Pair):
-    """(classifier or None, note): the embedded pair's classifier when assets/classifier is present."""
+def load_quality_classifier(pair: Pair, stem=CLASSIFIER_STEM):
+    """(classifier or None, note): the embedded pair's classifier (`stem`: assets/classifier) when it
+    is present and readable; otherwise the note names the file and why."""
     if list(pair.class_names or []) != list(CLASS_NAMES):
         return None, "Class accuracy is measured for the embedded pair only (its classifier knows its 10 classes)."
-    files = [CLASSIFIER_STEM.with_name(CLASSIFIER_STEM.name + ext) for ext in (".json", ".safetensors")]
-    if not all(f.is_file() for f in files):
-        return None, "Class accuracy unavailable: the classifier (assets/classifier.*) is not in this checkout."
+    stem = Path(stem)
+    files = [stem.with_name(stem.name + ext) for ext in (".json", ".safetensors")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        return None, f"Class accuracy unavailable: {' and '.join(missing)} missing in {stem.parent}."
     try:
-        clf = load_classifier(CLASSIFIER_STEM)
+        clf = load_classifier(stem)
     except Exception as e:  # a damaged or incompatible file must not stop the sweep
         return None, f"Class accuracy unavailable: the classifier could not be loaded ({e})."
     if clf.config.image_size != pair.vqvae.cfg.image_size:
@@ -339,20 +360,75 @@ def save_bundle(path, runs: dict, inputs: dict, title: str) -> None:
 
 
 def load_bundle(path) -> tuple[dict, dict, str]:
-    """(runs, inputs, title) of a bundle written by save_bundle."""
-    with np.load(path, allow_pickle=False) as z:
-        runs = {k: Trace.load(io.BytesIO(z[k].tobytes())) for k in ("main", "target", "draft")}
-        meta = json.loads(z["meta"].tobytes().decode())
-    return runs, meta["inputs"], meta["title"]
+    """(runs, inputs, title) of a bundle written by save_bundle; ValueError naming the file when it is
+    missing, damaged or not a bundle."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            runs = {k: Trace.load(io.BytesIO(z[k].tobytes())) for k in ("main", "target", "draft")}
+            meta = json.loads(z["meta"].tobytes().decode())
+        inputs, title = meta["inputs"], meta["title"]
+        if not isinstance(inputs, dict) or not isinstance(title, str):
+            raise TypeError("meta must hold an 'inputs' mapping and a 'title' text")
+    except Exception as e:  # zip, JSON, missing keys, damaged traces: all mean "not a readable bundle"
+        raise ValueError(f"{path}: not a readable example bundle ({type(e).__name__}: {shown(str(e), 200)})") from e
+    return runs, inputs, title
+
+
+def scan_bundles(folder) -> tuple[list[tuple[str, str]], list[str]]:
+    """([(title, path)] of the readable bundles in `folder`, sorted by file name; [why each other
+    *.npz was skipped]). Every bundle is read in full, so a damaged one is found here, not on a click."""
+    bundles, skipped = [], []
+    for p in sorted(Path(folder).glob("*.npz")) if folder and Path(folder).is_dir() else []:
+        try:
+            title = load_bundle(p)[2]
+        except ValueError as e:
+            skipped.append(str(e))
+            log.warning("example bundle skipped: %s", e)
+            continue
+        if title in dict(bundles):
+            skipped.append(f"{p}: skipped, its title {shown(title)} is already taken by another bundle")
+            continue
+        bundles.append((title, str(p)))
+    return bundles, skipped
 
 
 def list_bundles(folder) -> list[tuple[str, str]]:
-    """[(title, path)] of the bundles in `folder`, sorted by file name; unreadable files are skipped."""
-    out = []
-    for p in sorted(Path(folder).glob("*.npz")) if folder and Path(folder).is_dir() else []:
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                out.append((json.loads(z["meta"].tobytes().decode())["title"], str(p)))
-        except (OSError, KeyError, ValueError):
-            continue
-    return out
+    """[(title, path)] of the readable bundles in `folder`, sorted by file name; damaged files are
+    skipped with a warning in the log (`scan_bundles` also says why)."""
+    return scan_bundles(folder)[0]
+
+
+# ---- what a session keeps of a run ------------------------------------------------------------
+
+def view_trace(trace: Trace, sample: int = 0) -> Trace:
+    """What the app's views need of a run after it is shown, for one sample: per scale its tokens,
+    statuses, draft proposals with p and q, and picture (the scale scrubber), and the recorded shapes
+    (the Shapes tab). Calls, rounds, timings and the final images are left out; arrays are copies, so
+    the full trace can be freed. About 0.15 MB for the embedded pair's 64 px pictures."""
+    pick = lambda a: None if a is None else np.array(a[sample:sample + 1])  # noqa: E731
+    scales = [replace(s, tokens=pick(s.tokens), status=pick(s.status), draft_tokens=pick(s.draft_tokens),
+                      p_draft=pick(s.p_draft), q_draft=pick(s.q_draft), image=pick(s.image)) for s in trace.scales]
+    return Trace(settings=dict(trace.settings), patch_nums=list(trace.patch_nums), scales=scales,
+                 shapes=list(trace.shapes))
+
+
+def view_click(runs: dict) -> dict:
+    """What the teaching views need of a click besides `view_trace` of its chosen run: that run's calls,
+    rounds and timings, and the calls and timings of the target-only and draft-only runs (None where a
+    comparison is the chosen run itself). A few kB: no arrays. `click_runs` puts the click back together.
+    The views read the batch's first sample, as `view_trace` keeps it (a click of the app is one image)."""
+    def calls_only(t: Trace) -> Trace:
+        return Trace(settings=dict(t.settings), patch_nums=list(t.patch_nums), calls=list(t.calls),
+                     timings=dict(t.timings))
+    main = runs["main"]
+    return {"calls": list(main.calls), "rounds": list(main.rounds), "timings": dict(main.timings),
+            **{k: None if runs.get(k) is None or runs[k] is main else calls_only(runs[k]) for k in ("target", "draft")}}
+
+
+def click_runs(kept: Trace | None, click: dict | None) -> dict | None:
+    """{"main", "target", "draft"} for the teaching views from a session's `view_trace` and `view_click`
+    of the same click (None when either is missing: no run yet, or the session expired)."""
+    if kept is None or click is None:
+        return None
+    main = replace(kept, calls=click["calls"], rounds=click["rounds"], timings=click["timings"])
+    return {"main": main, "target": click["target"] or main, "draft": click["draft"] or main}

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import torch
 
+from .validate import check
+
 
 def check_sampling_args(cfg: float, top_k: int, top_p: float) -> None:
-    if not cfg >= 0:
-        raise ValueError(f"cfg must be >= 0, got {cfg}")
-    if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+    """ValueError naming cfg, top_k or top_p when one is out of its range (rules in `validate`)."""
+    for name, value in (("cfg", cfg), ("top_k", top_k), ("top_p", top_p)):
+        check(name, value)
 
 
 def guidance(cfg: float, k: int, num_scales: int) -> float:

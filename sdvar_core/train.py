@@ -317,7 +317,7 @@ class PairRecipe:
     eval_images: int = 1000         # held-out images for the VARs' loss
     var_batch_size: int = 32
     target: tuple[int, int, int] = (6, 192, 3)   # depth, width, heads
-    target_steps: int = 3500
+    target_steps: int = 4500
     target_lr: float = 1e-3
     draft: tuple[int, int, int] = (2, 128, 2)
     draft_steps: int = 2500

@@ -10,7 +10,6 @@ Every state dict is checked key by key and shape by shape (`checkpoints`) before
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import socket
@@ -20,7 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .checkpoints import check_state_dict, check_var_state, load_var, load_vqvae
+from .checkpoints import check_state_dict, check_var_state, load_var, load_vqvae, read_json
 from .config import (OFFICIAL_VQVAE, TINY_DIR, TINY_VQVAE, VARConfig, VQVAEConfig, official_var_config,
                      official_var_file)
 from .data import CLASS_NAMES
@@ -213,7 +212,7 @@ def verify_card(folder) -> dict:
     card_path = folder / "card.json"
     if not card_path.is_file():
         raise ValueError(f"model card not found: {card_path}")
-    card = json.loads(card_path.read_text())
+    card = read_json(card_path)
     files = card.get("files") if isinstance(card, dict) else None
     if not isinstance(files, dict) or not files:
         raise ValueError(f"{card_path}: expected a non-empty 'files' mapping of name → {{'sha256': ...}}")
@@ -222,8 +221,9 @@ def verify_card(folder) -> dict:
         path = folder / name
         if not path.is_file():
             bad.append(f"{name} (missing)")
-        elif file_sha256(path) != entry.get("sha256"):
-            bad.append(f"{name} (sha256 {file_sha256(path)[:12]}… ≠ card {str(entry.get('sha256'))[:12]}…)")
+        elif not isinstance(entry, dict) or file_sha256(path) != entry.get("sha256"):
+            recorded = str(entry.get("sha256") if isinstance(entry, dict) else entry)[:12]
+            bad.append(f"{name} (sha256 {file_sha256(path)[:12]}… ≠ card {recorded}…)")
     if bad:
         raise ValueError(f"{card_path}: files do not match the card: {', '.join(bad)}")
     return card

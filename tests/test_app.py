@@ -31,7 +31,11 @@ def test_render_run_and_stats(click):
     runs = click
     out = generate_tab.render_run(NAMES, runs, "title")
     assert set(out) == set(generate_tab.RUN_OUTPUTS)
-    assert out["runs"] is runs and out["showing"] == "Showing: title"
+    assert out["showing"] == "Showing: title"
+    kept = out["last_run"]   # the session keeps only what the views need, for one sample
+    assert kept.calls == [] and kept.rounds == [] and kept.images is None and kept.shapes == runs["main"].shapes
+    assert np.array_equal(kept.scales[3].image, runs["main"].scales[3].image[:1])
+    assert np.array_equal(kept.tokens, runs["main"].tokens[:1])
     assert [out[k].shape for k in ("final_image", "target_image", "draft_image")] == [(256, 256, 3)] * 3
     assert np.array_equal(out["final_image"][::4, ::4], runs["main"].images[0])
     assert np.array_equal(out["target_image"][::4, ::4], runs["target"].images[0])
@@ -45,22 +49,29 @@ def test_render_run_and_stats(click):
 
 def test_scale_view(click):
     runs = click
-    out = generate_tab.scale_view(NAMES, runs=runs, scale=3)
+    out = generate_tab.scale_view(NAMES, last_run=explore.view_trace(runs["main"]), scale=3)
     hm = [t for t in out["token_grid"].data if t.type == "heatmap"][0]
     assert np.array_equal(np.asarray(hm.z), runs["main"].scales[2].status[0].reshape(3, 3))
     assert out["scale_md"].startswith("**Scale 3 · 3×3**")
-    assert generate_tab.scale_view(NAMES, runs=None, scale=3)["token_grid"] is None
+    assert generate_tab.scale_view(NAMES, last_run=None, scale=3)["token_grid"] is None
+    for bad in (0, 11, None, 2.5, "3", float("nan")):
+        with pytest.raises(ValueError, match="scale must be an integer in 1..10"):
+            generate_tab.scale_view(NAMES, last_run=explore.view_trace(runs["main"]), scale=bad)
 
 
 def test_shape_frame_filters(click):
-    runs = click
-    assert len(shapes_tab.shape_frame(runs, "all", "all")) == len(runs["main"].shapes)
-    draft = shapes_tab.shape_frame(runs, "draft", "all")
+    run = explore.view_trace(click["main"])
+    assert len(shapes_tab.shape_frame(run, "all", "all")) == len(run.shapes)
+    draft = shapes_tab.shape_frame(run, "draft", "all")
     assert set(draft["model"]) == {"draft"}
-    one = shapes_tab.shape_frame(runs, "target", "5")
+    one = shapes_tab.shape_frame(run, "target", "5")
     assert set(one["scale"]) == {5} and set(one["model"]) == {"target"}
     assert shapes_tab.shape_frame(None, "all", "all").empty
-    assert shapes_tab.shapes_view(NAMES, runs=runs, shape_model="draft", shape_scale="all")["shape_table"].equals(draft)
+    assert shapes_tab.shapes_view(NAMES, last_run=run, shape_model="draft", shape_scale="all")["shape_table"].equals(draft)
+    with pytest.raises(ValueError, match="shape_model must be one of 'all', 'draft'"):
+        shapes_tab.shape_frame(run, "<b>x</b>", "all")
+    with pytest.raises(ValueError, match="shape_scale must be one of"):
+        shapes_tab.shape_frame(run, "all", "11")
 
 
 def test_show_bundle_sets_outputs_and_inputs(examples_dir):
@@ -83,10 +94,17 @@ def test_mask_view_and_keys_view():
     out = masks_tab.keys_view(NAMES, layout, 2, 3, 2, 15, 1)    # scale 2 is 2×2: row clamps to 1
     row, col = out["pick_row"], out["pick_col"]
     assert (row.value, row.maximum, col.value) == (1, 1, 1)
+    out = masks_tab.keys_view(NAMES, layout, 2, 3, 1, 4, 4)     # scale 1 is 1×1: a valid slider, locked at 0
+    row = out["pick_row"]
+    assert (row.value, row.minimum, row.maximum, row.interactive) == (0, 0, 1, False)
     hms = [t for t in out["keys_plot"].data if t.type == "heatmap"]
     assert np.array_equal(np.asarray(hms[0].z).astype(bool), masks.attended_keys(2, 3, 1, 1, 1, layout)[0].numpy())
-    with pytest.raises(ValueError, match="scale must be in 1..10"):
+    with pytest.raises(ValueError, match="pick_scale must be an integer in 1..10, got 0"):
         masks_tab.keys_view(NAMES, layout, 2, 3, 0, 0, 0)
+    with pytest.raises(ValueError, match="mask_rule must be an integer in 0..5, got None"):
+        masks_tab.mask_view(NAMES, layout, None, 3, False)
+    with pytest.raises(ValueError, match="mask_full must be True or False, got 'no'"):
+        masks_tab.mask_view(NAMES, layout, 1, 3, "no")
 
 
 def test_build_demo_without_examples_or_embedded_weights():
@@ -157,11 +175,11 @@ def test_api_bad_input_is_a_clear_error_and_server_survives(client):
 
     with pytest.raises(AppError, match="schedule must be 10 letters"):
         gen(client, mode="schedule", schedule="DDX")
-    with pytest.raises(AppError, match="less than minimum"):   # gradio's own slider bounds check
+    with pytest.raises(AppError, match=r"tau must be a number in \(0, 1\], got 0.0"):
         gen(client, tau=0.0)
-    with pytest.raises(AppError, match="seed must be in"):
+    with pytest.raises(AppError, match=r"seed must be an integer in 0..2\^63-1, got -1"):
         gen(client, seed=-1)
-    with pytest.raises(AppError, match="unknown class"):
+    with pytest.raises(AppError, match="class_name must be one of 'circle'"):
         gen(client, class_name="dog")
     out = gen(client, mode="target", seed=4)
     assert out["target-calls"] == 10 and out["draft-calls"] == 0 and out["speedup"] == "1.00×"
@@ -176,7 +194,7 @@ def test_api_sessions_are_isolated(app_server, client):
     other = Client(app_server, verbose=False)
     # a fresh session has no run yet (API clients skip the page-load example)
     out = call(other, "/scale_view", scale=3)
-    assert out["token-grid"] is None and "Run a generation" in out["scale-summary"]
+    assert out["token-grid"] is None and "No run in this session yet" in out["scale-summary"]
     table = call(other, "/shapes", shape_model="all", shape_scale="all")["shape-table"]
     assert table["data"] in ([], [[""] * 6], [[None] * 6])
 

@@ -123,6 +123,10 @@ def test_walkthrough(page, app_server):
     page.locator("#pick-scale").get_by_label("number input for query scale").fill("3")
     page.locator("#pick-scale").get_by_label("number input for query scale").press("Enter")
     expect(page.locator("#keys-plot")).to_contain_text("Token (scale 3, row 2, col 2)")   # clamped to 3×3
+    page.locator("#pick-scale").get_by_label("number input for query scale").fill("1")  # the 1×1 grid: no error
+    page.locator("#pick-scale").get_by_label("number input for query scale").press("Enter")
+    expect(page.locator("#keys-plot")).to_contain_text("Token (scale 1, row 0, col 0)")
+    expect(page.get_by_text(re.compile("Slider minimum|Error"))).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "04-masks.png"), full_page=True)
     # six masks, one seed: the pattern and its effect in one view
     page.locator("#gallery-run").click()
@@ -175,3 +179,14 @@ def test_bad_input_shows_error(page):
     page.locator("#gen-schedule textarea, #gen-schedule input").first.fill("DDDTTTTTTT")
     page.locator("#generate").click()
     expect(page.locator("#showing")).to_contain_text("schedule", timeout=90_000)
+
+    # typed HTML comes back as text in the message, never as an element
+    box = page.locator("#class-name input")
+    box.fill("<img src=x onerror=window.pwned=1>")
+    box.press("Enter")
+    page.locator("#generate").click()
+    message = page.get_by_text(re.compile("class_name must be one of")).first
+    expect(message).to_be_visible(timeout=30_000)
+    assert "<img src=x" in message.inner_text()
+    assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.pwned") is None
+    page.screenshot(path=str(ARTIFACTS / "08-escaped.png"), full_page=True)

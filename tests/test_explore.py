@@ -72,13 +72,13 @@ def test_run_click_bad_seed(random_pair, seed):
 
 def test_class_index(random_pair):
     assert explore.class_index(random_pair, "star", None) == CLASS_NAMES.index("star")
-    with pytest.raises(ValueError, match="unknown class"):
+    with pytest.raises(ValueError, match="class_name must be one of 'circle'.*got 'dog'"):
         explore.class_index(random_pair, "dog", None)
     unnamed = build_random_pair()
     unnamed.class_names = None
     assert explore.class_index(unnamed, None, 7) == 7
     for bad in (10, -1, 2.5, None):
-        with pytest.raises(ValueError, match="class id"):
+        with pytest.raises(ValueError, match="class_id must be an integer in 0..9"):
             explore.class_index(unnamed, None, bad)
 
 
@@ -159,7 +159,8 @@ def test_sweep_configs():
 def test_parse_seeds():
     assert explore.parse_seeds("0, 1,5") == [0, 1, 5]
     assert explore.parse_seeds("2-4; 7") == [2, 3, 4, 7]
-    for bad, match in (("", "at least one"), ("a", "integers"), ("0-20", "at most"), ("-3", "integers|>= 0")):
+    for bad, match in (("", "at least one"), ("a", "integers"), ("0-20", "at most"), ("-3", r"each seed must be an integer in 0\.\.2\^63-1, got -3"),
+                       (f"0, {2**63}", "each seed must be"), ("5-3", "upwards"), ("1" * 300, "at most 200 characters")):
         with pytest.raises(ValueError, match=match):
             explore.parse_seeds(bad)
 
@@ -185,14 +186,15 @@ def test_pair_bank_fallbacks(pair_loader):
     assert bank.get("tiny").name == "random-test" and "tiny" not in bank.notes
     with pytest.raises(ValueError, match="could not be loaded.*official weights not found"):
         bank.get("d16-d30")
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="model must be one of 'tiny'.*got 'd99'"):
         bank.get("d99")
 
     def broken(key):
-        raise ValueError("the tiny pair is incomplete")
+        raise RuntimeError("the tiny pair is incomplete")   # any error, not only ValueError
     bank = explore.PairBank(broken)
     pair = bank.get("tiny")
     assert "random weights" in pair.name and "incomplete" in bank.notes["tiny"]
+    assert "Masks and Shapes tabs" in bank.notes["tiny"]
 
 
 def test_quality_classifier_only_for_the_embedded_classes(random_pair):

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import typing
 
 import gradio as gr
 
 from sdvar_core.engine import Pair
+from sdvar_core.explore import click_runs
+
+from .hosting import safe
+
+log = logging.getLogger("sdvar_explorer")
 
 try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
     import spaces
@@ -45,27 +52,51 @@ class View:
 
 
 def bind(fn, *args):
-    """fn with its leading arguments (bank, view, …) bound; a ValueError from the library becomes a
-    gr.Error with its message. The signature Gradio sees keeps the keyword inputs and gr.Progress."""
+    """fn with its leading arguments (bank, view, …) bound, for Gradio. The signature Gradio sees keeps
+    the keyword inputs, gr.Request and gr.Progress. Errors become gr.Error messages that are
+    HTML-escaped and cut short: a ValueError (a bad input, named by `validate`) says what was wrong;
+    anything else says which event failed and is logged with its traceback. Generators alike."""
     bound = functools.partial(fn, *args)
-    if inspect.isgeneratorfunction(fn):   # generators report their own errors
-        return bound
+    what = getattr(fn, "__name__", "callback").removeprefix("on_").replace("_", " ")
 
-    @functools.wraps(bound)
-    def call(*a, **kw):
-        try:
-            return bound(*a, **kw)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
-    return call
+    def shown(e: Exception) -> gr.Error:
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, ValueError):
+            return gr.Error(safe(e), print_exception=False)
+        log.exception("%s failed", what)
+        return gr.Error(safe(f"{what} failed unexpectedly ({type(e).__name__}: {e}); the server log has the "
+                             "details"), print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        def wrapper(*a, **kw):
+            try:
+                yield from bound(*a, **kw)
+            except Exception as e:  # noqa: BLE001  (every error becomes a message; see shown)
+                raise shown(e) from None
+    else:
+        def wrapper(*a, **kw):
+            try:
+                return bound(*a, **kw)
+            except Exception as e:  # noqa: BLE001
+                raise shown(e) from None
+    wrapper = functools.wraps(bound)(wrapper)
+    # Gradio finds gr.Request parameters by their type hints, which a partial does not carry
+    hints = typing.get_type_hints(fn) if inspect.isfunction(inspect.unwrap(fn)) else {}
+    wrapper.__annotations__ = {k: v for k, v in hints.items() if k != "return"}
+    return wrapper
 
 
 def listen(view: View, event, fn, *bound, outputs, also: tuple = (), public: str | None = None, **kwargs):
     """Attach fn (with `bound` arguments first) to `event`: inputs from fn's keyword parameters (and the
     components named in `also`, for a **kwargs parameter), outputs by name. public: the API name of this
-    endpoint; None keeps the listener private."""
+    endpoint; None keeps the listener private.
+
+    Inputs reach fn as sent (preprocess=False): Gradio's own checks would answer a bad value with an
+    unnamed or generic error, so every callback checks its inputs with `sdvar_core.validate` instead."""
     api = {"api_name": public} if public else {"api_visibility": "private"}
     inputs = {**view.inputs_of(fn), **{n: getattr(view, n) for n in also}}
+    kwargs.setdefault("preprocess", False)
     return event(bind(fn, *bound), inputs_kwargs=inputs, outputs=view.outputs(*outputs), **api, **kwargs)
 
 
@@ -77,7 +108,7 @@ def pair_info(pair: Pair, note: str = "") -> str:
     text = (f"**{pair.name}** on `{device}` — draft: {size(pair.draft)}; target: {size(pair.target)}; "
             f"{pair.vqvae.cfg.image_size} px images, codebook {pair.vqvae.cfg.vocab_size}, "
             f"{pair.layout.num_scales} scales = {pair.layout.total} tokens.")
-    return text + (f"\n\n**Note:** {note}" if note else "")
+    return text + (f"\n\n**Note:** {safe(note)}" if note else "")
 
 
 def named_outputs(config: dict, api_name: str, values) -> dict:
@@ -92,7 +123,8 @@ def named_outputs(config: dict, api_name: str, values) -> dict:
     return dict(zip(ids, values))
 
 
-def runs_of(state) -> dict | None:
-    """The shown click's runs ({"main", "target", "draft"}: Traces) from the Generate tab's state, or None.
-    The one place the teaching views read run data from: a change of what the state holds changes only this."""
-    return state or None
+def runs_of(last_run, last_click) -> dict | None:
+    """The shown click's runs ({"main", "target", "draft"}: Traces) from the session's two states
+    (`explore.view_trace` and `view_click` of the same click), or None when there is none or it expired.
+    The one place the teaching views read run data from."""
+    return click_runs(last_run, last_click)

@@ -1,21 +1,21 @@
 """Tab 4, Compare: sweeps over entry_num × sd_mask or γ × τ for a set of seeds, with a plot, a table and a CSV."""
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import gradio as gr
 import pandas as pd
 
 from sdvar_core import economics, viz, viz_teach
-from sdvar_core.explore import (DIRECTIONS, class_index, config_label, load_quality_classifier, parse_seeds,
-                                run_config, sweep_configs, sweep_row)
+from sdvar_core.engine import Settings
+from sdvar_core.explore import (DIRECTIONS, check_sweep_size, class_index, config_label, load_quality_classifier,
+                                parse_seeds, run_config, sweep_configs, sweep_row)
+from sdvar_core.validate import check
 
 from .common import View, gpu, listen
+from .hosting import Host, SweepStopped, admission, check_stop
 
 SWEEP_COLUMNS = ["config", "images", "target_calls", "draft_calls", "wall_s", "speedup", "token_agreement",
                  "pixel_psnr_db", "class_accuracy"]   # shown in the app; the CSV has every column
-SWEEP_OUTPUTS = ("sweep_md", "sweep_plot", "sweep_table", "sweep_csv")
+SWEEP_OUTPUTS = ("sweep_md", "sweep_plot", "sweep_table", "sweep_csv", "last_sweep")
 FRONTIER_METRICS = [("class accuracy if measured, else token agreement", "auto"),
                     ("class accuracy", "class_accuracy"), ("token agreement", "token_agreement"),
                     ("pixel PSNR", "pixel_psnr_db")]
@@ -63,70 +63,96 @@ def build(view: View, num_scales: int) -> None:
     view.frontier_md = gr.Markdown(elem_id="frontier-text")
 
 
-def wire(view: View, bank) -> None:
+def wire(view: View, demo: gr.Blocks, bank, host: Host) -> None:
+    """Sweeps run in their own lane ('sweep', host.limits.sweep_concurrency at a time), so a sweep never
+    holds up anyone's Generate; a session may have host.limits.sweeps_per_session sweeps queued or
+    running (checked when one is queued). Stop ends this session's sweep within one scale."""
     listen(view, view.sweep_kind.change, on_sweep_kind, view, outputs=("sched_sweep", "spec_sweep"))
-    sweep = listen(view, view.sweep_btn.click, gpu(duration=180)(on_sweep), bank, view, public="sweep",
-                   outputs=SWEEP_OUTPUTS, concurrency_id="model", concurrency_limit=1, show_progress_on=[view.sweep_plot])
-    view.stop_btn.click(None, None, None, cancels=[sweep], api_visibility="private")
-    for i, event in enumerate((view.sweep_table.change, view.frontier_metric.input)):   # follows the table live
-        listen(view, event, frontier_view, view, outputs=("pareto_plot", "frontier_md"), show_progress="hidden",
-               public="frontier" if i else None, trigger_mode="always_last")
+    sweep = listen(view, view.sweep_btn.click, gpu(duration=180)(on_sweep), bank, view, host, public="sweep",
+                   outputs=SWEEP_OUTPUTS, concurrency_id="sweep", concurrency_limit=host.limits.sweep_concurrency,
+                   validator=admission(demo, "sweep", host.limits.sweeps_per_session, "sweep"),
+                   show_progress_on=[view.sweep_plot])
+    listen(view, view.stop_btn.click, on_stop, host, view, public="stop_sweep", outputs=("sweep_md",),
+           cancels=[sweep], concurrency_id="stop", concurrency_limit=None)
+    # the frontier follows the table live, from the sweep the session keeps (every column, not only those shown)
+    listen(view, view.sweep_table.change, frontier_view, view, outputs=("pareto_plot", "frontier_md"),
+           show_progress="hidden", trigger_mode="always_last")
+    listen(view, view.frontier_metric.input, frontier_view, view, outputs=("pareto_plot", "frontier_md"),
+           show_progress="hidden", public="frontier", trigger_mode="always_last")
 
 
 def on_sweep_kind(view: View, *, sweep_kind) -> dict:
+    sweep_kind = check("sweep_kind", sweep_kind)
     return {view.sched_sweep: gr.Group(visible=sweep_kind == "schedule"),
             view.spec_sweep: gr.Group(visible=sweep_kind == "speculative")}
 
 
-def on_sweep(bank, view: View, *, model_state, sweep_kind, sweep_seeds, sweep_classes, sweep_entries, sweep_dirs,
-             sweep_masks, sweep_gammas, sweep_taus, class_name, class_id, cfg, top_k, top_p, accept, lenience,
-             precision, progress=gr.Progress()):
-    """Run the sweep entry by entry, yielding the status, plot, table and CSV after each one."""
-    try:
-        pair = bank.get(model_state)
-        seeds = parse_seeds(sweep_seeds)
-        configs = sweep_configs(sweep_kind, sweep_entries, sweep_dirs, sweep_masks, sweep_gammas, sweep_taus,
-                                pair.layout.num_scales)
-        if sweep_classes == "all":
-            if pair.num_classes > 16:
-                raise ValueError(f"{pair.name} has {pair.num_classes} classes; choose 'the class chosen "
-                                 "on the Generate tab' for it")
-            class_ids = list(range(pair.num_classes))
-        else:
-            class_ids = [class_index(pair, class_name, class_id)]
-        base = dict(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p), accept=str(accept),
-                    lenience=float(lenience), precision=str(precision))
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
+def on_stop(host: Host, view: View, request: gr.Request) -> dict:
+    """Stop this session's running sweep (its table and CSV keep the finished runs)."""
+    host.lane.stop(request.session_hash)
+    return {view.sweep_md: "Sweep stopped; the plot, table and CSV keep the runs finished so far."}
+
+
+def on_sweep(bank, view: View, host: Host, request: gr.Request, *, model, sweep_kind, sweep_seeds, sweep_classes,
+             sweep_entries, sweep_dirs, sweep_masks, sweep_gammas, sweep_taus, class_name, class_id, cfg, top_k,
+             top_p, accept, lenience, precision, progress=gr.Progress()):
+    """Run the sweep entry by entry, yielding the status, plot, table and CSV after each one. Every
+    input is checked before the first run; a sweep over host.limits.sweep_max_runs runs is refused."""
+    pair = bank.get(model)
+    K = pair.layout.num_scales
+    seeds = parse_seeds(sweep_seeds)
+    configs = sweep_configs(sweep_kind, sweep_entries, sweep_dirs, sweep_masks, sweep_gammas, sweep_taus, K)
+    check_sweep_size(configs, seeds, host.limits.sweep_max_runs)
+    if check("sweep_classes", sweep_classes) == "all":
+        if pair.num_classes > 16:
+            raise ValueError(f"{pair.name} has {pair.num_classes} classes; choose 'the class chosen "
+                             "on the Generate tab' for it")
+        class_ids = list(range(pair.num_classes))
+    else:
+        class_ids = [class_index(pair, class_name, class_id)]
+    base = dict(cfg=cfg, top_k=top_k, top_p=top_p, accept=accept, lenience=lenience, precision=precision)
+    checked = Settings(**base)
+    checked.validate("target", K, pair.target.device)
+    base = {name: getattr(checked, name) for name in base}
+
     classifier, note = load_quality_classifier(pair)
-    csv_path = Path(tempfile.mkdtemp(prefix="sdvar-sweep-")) / f"sweep-{sweep_kind}.csv"
+    session = request.session_hash or "anonymous"
+    flag = host.lane.start(session)
+    csv_path = host.files.new(f"sweep-{check('sweep_kind', sweep_kind)}")
     rows, reference = [], None
-    for i, config in enumerate(configs):
-        progress((i, len(configs)), desc=config_label(config))
-        try:
-            traces = run_config(pair, config, seeds, class_ids, base)
-        except ValueError as e:
-            raise gr.Error(f"{config['series']}: {e}") from None
-        reference = reference or traces   # the first entry is target only
-        rows.append(sweep_row(config, traces, reference, class_ids, classifier))
-        df = pd.DataFrame(rows)
-        df.to_csv(csv_path, index=False)
-        yield {view.sweep_md: f"{i + 1} of {len(configs)} runs done ({len(seeds)} seed(s) × {len(class_ids)} "
-                              f"image(s) each) with **{pair.name}**. " + note,
-               view.sweep_plot: viz.sweep_figure(df), view.sweep_table: df[SWEEP_COLUMNS].round(4),
-               view.sweep_csv: str(csv_path)}
+    try:
+        for i, config in enumerate(configs):
+            progress((i, len(configs)), desc=config_label(config))
+            try:
+                traces = run_config(pair, config, seeds, class_ids, base, on_scale=check_stop(flag))
+            except SweepStopped:
+                yield {view.sweep_md: f"Stopped after {i} of {len(configs)} runs; the plot, table and CSV keep "
+                                      "the finished ones."}
+                return
+            except ValueError as e:
+                raise ValueError(f"{config['series']}: {e}") from None
+            reference = reference or traces   # the first entry is target only
+            rows.append(sweep_row(config, traces, reference, class_ids, classifier))
+            df = pd.DataFrame(rows)
+            df.to_csv(csv_path, index=False)
+            yield {view.sweep_md: f"{i + 1} of {len(configs)} runs done ({len(seeds)} seed(s) × {len(class_ids)} "
+                                  f"image(s) each) with **{pair.name}**. " + note,
+                   view.sweep_plot: viz.sweep_figure(df), view.sweep_table: df[SWEEP_COLUMNS].round(4),
+                   view.sweep_csv: str(csv_path), view.last_sweep: df}
+    finally:   # Gradio has copied each CSV it sent into its cache
+        host.lane.finish(session, flag)
+        host.files.discard(csv_path)
 
 
-def frontier_view(view: View, *, sweep_table, frontier_metric) -> dict:
-    """The frontier of the sweep table shown (the quality column 'auto': class accuracy where measured)."""
-    df = sweep_table if sweep_table is not None and len(sweep_table) and "config" in sweep_table else None
-    if df is None or not (df["config"].astype(str) != "").any():
+def frontier_view(view: View, *, last_sweep, frontier_metric) -> dict:
+    """The frontier of the session's last sweep (the quality 'auto': class accuracy where measured)."""
+    metric = check("frontier_metric", frontier_metric)
+    df = last_sweep
+    if df is None or not len(df):
         return {view.pareto_plot: None, view.frontier_md: "Run a sweep to see its modes on the frontier."}
-    metric = None if frontier_metric in (None, "auto") else frontier_metric
-    if metric is not None and metric not in economics.QUALITY_METRICS:
-        raise ValueError(f"quality must be one of auto, {', '.join(economics.QUALITY_METRICS)}, got {metric!r}")
+    metric = None if metric == "auto" else metric
     if metric is not None and metric not in economics.quality_choices(df):
-        raise ValueError(f"quality: this sweep did not measure {economics.QUALITY_METRICS[metric][0]}")
+        raise ValueError(f"frontier_metric: this sweep did not measure {economics.QUALITY_METRICS[metric][0]}")
     pts, metric = economics.frontier(df, metric)
     front = pts[pts["on_front"]].sort_values("speedup")
     label = economics.QUALITY_METRICS[metric][0]

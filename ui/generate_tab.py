@@ -3,7 +3,6 @@ same seed; headline numbers, the three pictures, a scale scrubber, acceptance an
 Also the page header's model picker and precomputed examples, which set this tab's inputs."""
 from __future__ import annotations
 
-import functools
 import time
 
 import gradio as gr
@@ -12,20 +11,23 @@ import torch
 from sdvar_core import masks, viz
 from sdvar_core.data import CLASS_NAMES
 from sdvar_core.explore import (DEFAULT_INPUTS, MODELS, class_index, click_settings, headline, load_bundle,
-                                run_click, settings_of)
+                                run_click, settings_of, view_click, view_trace)
+from sdvar_core.validate import check
 
 from sdvar_core.runtime import PRECISIONS, precision_supported
 
 from . import teach_panel
-from .common import View, gpu, listen, pair_info
+from .common import View, bind, gpu, listen, pair_info
+from .hosting import Limits, admission, safe
 from .shapes_tab import shape_frame
 
 MODES = [("speculative (draft proposes, target verifies)", "speculative"),
          ("schedule (hand-off at entry_num)", "schedule"),
          ("target only", "target"), ("draft only", "draft")]
-# What render_run fills: the run's state, this tab's outputs and the Shapes tab's table.
-RUN_OUTPUTS = ("runs", "showing", "target_calls", "draft_calls", "wall", "speedup", "final_image", "target_image",
-               "draft_image", "summary", "scale", "token_grid", "scale_md", "acceptance", "timeline", "shape_table")
+# What render_run fills: the session's last run (and its teaching part), this tab's outputs and the Shapes tab's table.
+RUN_OUTPUTS = ("last_run", "last_click", "showing", "target_calls", "draft_calls", "wall", "speedup", "final_image",
+               "target_image", "draft_image", "summary", "scale", "token_grid", "scale_md", "acceptance", "timeline",
+               "shape_table")
 INPUTS = tuple(DEFAULT_INPUTS)   # the tab's inputs, named as in DEFAULT_INPUTS
 
 
@@ -106,75 +108,87 @@ def build(view: View, pair, on_cuda: bool) -> None:
     teach_panel.build(view, K)
 
 
-def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]]) -> None:
-    """This tab's events, the model picker's and the precomputed examples'."""
+def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]], limits: Limits) -> None:
+    """This tab's events, the model picker's and the precomputed examples'. Generate runs in its own
+    lane ('generate', limits.generate_concurrency at a time), apart from sweeps; a session may have
+    limits.generates_per_session clicks queued or running."""
     listen(view, view.model.change, on_model, bank, view, public="select_model",
-           outputs=("model_state", "model", "model_md", "class_name", "class_id"))
+           outputs=("model", "model_md", "class_name", "class_id"))
     listen(view, view.mode.change, on_mode, view, outputs=("schedule_group", "spec_group"))
     generated = listen(view, view.generate_btn.click, gpu(duration=60)(on_generate), bank, view, public="generate",
-                       outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="model", concurrency_limit=1,
+                       outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="generate",
+                       concurrency_limit=limits.generate_concurrency,
+                       validator=admission(demo, "generate", limits.generates_per_session, "Generate click"),
                        show_progress_on=[view.final_image, view.token_grid])
     listen(view, view.scale.input, scale_view, view, public="scale_view", outputs=("token_grid", "scale_md"),
            trigger_mode="always_last", show_progress="hidden")
     listen(view, view.play.click, on_play, view, outputs=("scale", "token_grid", "scale_md"), show_progress="hidden")
     example = listen(view, view.example.input, show_bundle, view, bundles, public="load_example",
                      outputs=RUN_OUTPUTS + INPUTS)
-    first = bundles[0][0] if bundles else None   # every new page opens on the first precomputed run
-    loaded = demo.load(functools.partial(show_bundle, view, bundles, example=first), None,
-                       view.outputs(*RUN_OUTPUTS, *INPUTS), api_visibility="private")
-    teach_panel.wire(view, (generated, example, loaded))   # the teaching views follow every run shown
+    first = bundles[0][0] if bundles else None
+
+    def first_run() -> dict:   # every new page opens on the first precomputed run
+        return show_bundle(view, bundles, example=first)
+    loaded = demo.load(bind(first_run), None, view.outputs(*RUN_OUTPUTS, *INPUTS), api_visibility="private")
+    teach_panel.wire(view, demo, (generated, example, loaded))   # the teaching views follow every run shown
 
 
 # ---- callbacks ----------------------------------------------------------------------------------
 
 def on_model(bank, view: View, *, model, progress=gr.Progress()) -> dict:
-    """Load the chosen pair; on failure warn and fall back to the embedded pair."""
-    progress(0, desc=f"loading {MODELS.get(model, model)} (official weights: several GB)")
+    """Load the chosen pair; on failure warn and fall back to the embedded pair. The picker itself is
+    every event's record of the pair in use, so it outlives an expired session."""
+    model = check("model", model, choices=tuple(MODELS))
+    progress(0, desc=f"loading {MODELS[model]} (official weights: several GB)")
     try:
         pair = bank.get(model)
     except ValueError as e:
-        gr.Warning(f"{e} — using the embedded pair instead.", duration=15)
+        gr.Warning(safe(f"{e} — using the embedded pair instead."), duration=15)
         model, pair = "tiny", bank.get("tiny")
     names = pair.class_names or []
-    return {view.model_state: model, view.model: gr.Dropdown(value=model),
+    return {view.model: gr.Dropdown(value=model),
             view.model_md: pair_info(pair, bank.notes.get(model, "")),
             view.class_name: gr.Dropdown(choices=names, value=names[0] if names else None, visible=bool(names)),
             view.class_id: gr.Number(visible=not names)}
 
 
 def on_mode(view: View, *, mode) -> dict:
+    mode = check("mode", mode)
     return {view.schedule_group: gr.Group(visible=mode == "schedule"),
             view.spec_group: gr.Group(visible=mode == "speculative")}
 
 
-def on_generate(bank, view: View, *, model_state, progress=gr.Progress(), **inputs) -> dict:
-    """Run the chosen mode plus target-only and draft-only comparisons; render everything."""
-    pair = bank.get(model_state)
+def on_generate(bank, view: View, *, model, progress=gr.Progress(), **inputs) -> dict:
+    """Run the chosen mode plus target-only and draft-only comparisons; render everything. Every input
+    is checked (`validate`) before anything runs."""
+    pair = bank.get(model)
     cls = class_index(pair, inputs["class_name"], inputs["class_id"])
+    seed, mode = check("seed", inputs["seed"]), check("mode", inputs["mode"])
+    settings = click_settings(inputs, pair.layout.num_scales)
     progress(0, desc="starting")
-    runs = run_click(pair, inputs["mode"], cls, inputs["seed"], click_settings(inputs),
-                     lambda done, total, desc: progress((done, total), desc=desc))
+    runs = run_click(pair, mode, cls, seed, settings, lambda done, total, desc: progress((done, total), desc=desc))
     label = pair.class_names[cls] if pair.class_names else f"class {cls}"
-    return render_run(view, runs, f"your run — {inputs['mode']}, {label}, seed {int(inputs['seed'])}",
-                      pair.class_names)
+    return render_run(view, runs, f"your run — {mode}, {label}, seed {seed}", pair.class_names)
 
 
 def render_run(view: View, runs: dict, title: str, class_names=None) -> dict:
-    """Every output of RUN_OUTPUTS for a click's runs; the scale view at the last scale."""
+    """Every output of RUN_OUTPUTS for a click's runs; the scale view at the last scale. The session
+    keeps only what the scrubber and the Shapes tab need of the chosen run (`view_trace`)."""
     main = runs["main"]
     K = len(main.scales)
     h = headline(main, runs["target"], runs["draft"])
     img = lambda t: viz.upscale(t.images[0])  # noqa: E731
-    return {view.runs: runs, view.showing: f"Showing: {title}",
+    kept = view_trace(main)
+    return {view.last_run: kept, view.last_click: view_click(runs), view.showing: f"Showing: {title}",
             view.target_calls: h["target_calls"], view.draft_calls: h["draft_calls"],
             view.wall: f"{h['wall_s']:.2f} s", view.speedup: f"{h['speedup']:.2f}×",
             view.final_image: img(main), view.target_image: img(runs["target"]), view.draft_image: img(runs["draft"]),
             view.summary: summary_markdown(runs, h, class_names),
             view.scale: gr.Slider(minimum=1, maximum=K, value=K, step=1),
-            **scale_view(view, runs=runs, scale=K),
+            **scale_view(view, last_run=kept, scale=K),
             view.acceptance: viz.acceptance_figure(main),
             view.timeline: viz.timeline_figure(main, runs["target"] if runs["target"] is not main else None),
-            view.shape_table: shape_frame(runs, "all", "all")}
+            view.shape_table: shape_frame(kept, "all", "all")}
 
 
 def summary_markdown(runs: dict, h: dict, class_names=None) -> str:
@@ -204,30 +218,36 @@ def summary_markdown(runs: dict, h: dict, class_names=None) -> str:
     return "\n\n".join(lines)
 
 
-def scale_view(view: View, *, runs, scale) -> dict:
-    """The token-grid figure and the scale summary for the 1-based scale slider."""
-    if not runs:
-        return {view.token_grid: None,
-                view.scale_md: "Run a generation (or pick a precomputed run) to scrub through its scales."}
-    k = int(scale) - 1
-    return {view.token_grid: viz.token_grid_figure(runs["main"], k), view.scale_md: viz.scale_summary(runs["main"], k)}
+NO_RUN = ("No run in this session yet, or it expired: generate one (or pick a precomputed run) to scrub "
+          "through its scales.")
 
 
-def on_play(view: View, *, runs):
+def scale_view(view: View, *, last_run, scale) -> dict:
+    """The token-grid figure and the scale summary for the 1-based scale slider (last_run: the
+    session's `view_trace`, None when there is none)."""
+    if last_run is None:
+        return {view.token_grid: None, view.scale_md: NO_RUN}
+    k = check("scale", scale, num_scales=len(last_run.scales)) - 1
+    return {view.token_grid: viz.token_grid_figure(last_run, k), view.scale_md: viz.scale_summary(last_run, k)}
+
+
+def on_play(view: View, *, last_run):
     """Step the scale view from the first to the last scale."""
-    if not runs:
-        raise gr.Error("Nothing to play yet: generate a run or pick a precomputed one.")
-    for k in range(1, len(runs["main"].scales) + 1):
-        yield {view.scale: k, **scale_view(view, runs=runs, scale=k)}
+    if last_run is None:
+        raise ValueError(NO_RUN)
+    for k in range(1, len(last_run.scales) + 1):
+        yield {view.scale: k, **scale_view(view, last_run=last_run, scale=k)}
         time.sleep(0.45)
 
 
 def show_bundle(view: View, bundles, *, example) -> dict:
-    """A precomputed run: its outputs and the inputs it was made with (none found: nothing changes)."""
-    match = [p for t, p in bundles if t == example]
-    if not match:
+    """A precomputed run: its outputs and the inputs it was made with (no bundles: nothing changes)."""
+    if not bundles and example is None:
         return gr.skip()
-    runs, inputs, title = load_bundle(match[0])
+    if not bundles:
+        raise ValueError("there are no precomputed runs here (assets/examples is empty or unreadable)")
+    example = check("example", example, choices=tuple(t for t, _ in bundles))
+    runs, inputs, title = load_bundle(dict(bundles)[example])
     names = list(CLASS_NAMES) if runs["main"].settings.get("pair", "").startswith("tiny") else None
     return {**render_run(view, runs, f"precomputed — {title}", names),
             **{getattr(view, k): inputs[k] for k in INPUTS if k in inputs}}

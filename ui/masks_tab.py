@@ -6,9 +6,11 @@ import gradio as gr
 
 from sdvar_core import masks, viz
 from sdvar_core.config import ScaleLayout
+from sdvar_core.validate import check
 
 from . import mask_gallery
 from .common import View, listen
+from .hosting import Limits
 
 INCLUDING_EXCLUDING = (
     "**Including / excluding the current scale.** At a hand-off the incoming model prefills the earlier "
@@ -67,8 +69,9 @@ def build(view: View, layout: ScaleLayout) -> None:
     mask_gallery.build(view)
 
 
-def wire(view: View, bank) -> None:
-    """Any change of rule, hand-off or window redraws the masks; rule, hand-off or token the attended keys."""
+def wire(view: View, demo: gr.Blocks, bank, limits: Limits) -> None:
+    """Any change of rule, hand-off or window redraws the masks; rule, hand-off or token the attended keys.
+    The six masks' generations run in the Generate lane (`mask_gallery`)."""
     for widget in (view.mask_rule, view.mask_entry, view.mask_full):
         listen(view, widget.input, on_mask, bank, view, outputs=MASK_OUTPUTS, trigger_mode="always_last",
                public="mask_view" if widget is view.mask_rule else None)
@@ -77,22 +80,24 @@ def wire(view: View, bank) -> None:
                public="keys_view" if widget is view.pick_scale else None)   # the public endpoint first
     opened = listen(view, view.masks_tab.select, on_mask, bank, view, outputs=MASK_OUTPUTS)
     listen(view, opened.then, on_keys, bank, view, outputs=KEY_OUTPUTS)
-    mask_gallery.wire(view, bank)
+    mask_gallery.wire(view, demo, bank, limits)
 
 
 # ---- callbacks ----------------------------------------------------------------------------------
 
-def on_mask(bank, view: View, *, model_state, mask_rule, mask_entry, mask_full) -> dict:
-    return mask_view(view, bank.get(model_state).layout, mask_rule, mask_entry, mask_full)
+def on_mask(bank, view: View, *, model, mask_rule, mask_entry, mask_full) -> dict:
+    return mask_view(view, bank.get(model).layout, mask_rule, mask_entry, mask_full)
 
 
-def on_keys(bank, view: View, *, model_state, mask_rule, mask_entry, pick_scale, pick_row, pick_col) -> dict:
-    return keys_view(view, bank.get(model_state).layout, mask_rule, mask_entry, pick_scale, pick_row, pick_col)
+def on_keys(bank, view: View, *, model, mask_rule, mask_entry, pick_scale, pick_row, pick_col) -> dict:
+    return keys_view(view, bank.get(model).layout, mask_rule, mask_entry, pick_scale, pick_row, pick_col)
 
 
 def mask_view(view: View, layout: ScaleLayout, rule, current, full) -> dict:
     """The heatmap, the pair-count table, the rule's explanation and the six small multiples."""
-    rule, current, full = int(rule), int(current), bool(full)
+    rule = check("mask_rule", rule)
+    current = check("mask_entry", current, num_scales=layout.num_scales)
+    full = check("mask_full", full)
     return {view.mask_heatmap: viz.mask_heatmap_figure(rule, current, layout, full),
             view.mask_counts: viz.pair_count_table(rule, current, layout, full),
             view.rules_md: rule_markdown(rule),
@@ -101,11 +106,15 @@ def mask_view(view: View, layout: ScaleLayout, rule, current, full) -> dict:
 
 def keys_view(view: View, layout: ScaleLayout, rule, current, scale, row, col) -> dict:
     """The attended-keys figure of token (scale, row, col), scale 1-based; row and col are clamped to
-    the scale's grid (their sliders too), so moving to a smaller scale keeps a valid token."""
-    k = int(scale) - 1
-    if not 0 <= k < layout.num_scales:
-        raise ValueError(f"scale must be in 1..{layout.num_scales}, got {scale}")
+    the scale's grid (their sliders too), so moving to a smaller scale keeps a valid token. On the
+    1×1 scale the row and column sliders hold 0 and are locked."""
+    rule = check("mask_rule", rule)
+    current = check("mask_entry", current, num_scales=layout.num_scales)
+    k = check("pick_scale", scale, num_scales=layout.num_scales) - 1
     pn = layout.patch_nums[k]
-    row, col = min(int(row), pn - 1), min(int(col), pn - 1)
-    return {view.keys_plot: viz.attended_keys_figure(int(rule), int(current), k, row, col, layout),
-            view.pick_row: gr.Slider(maximum=pn - 1, value=row), view.pick_col: gr.Slider(maximum=pn - 1, value=col)}
+    row = min(check("pick_row", row), pn - 1)
+    col = min(check("pick_col", col), pn - 1)
+    # a slider needs minimum < maximum: the 1×1 grid keeps 0..1 and locks the slider at 0
+    grid = dict(maximum=max(pn - 1, 1), interactive=pn > 1)
+    return {view.keys_plot: viz.attended_keys_figure(rule, current, k, row, col, layout),
+            view.pick_row: gr.Slider(value=row, **grid), view.pick_col: gr.Slider(value=col, **grid)}

@@ -5,6 +5,8 @@ import gradio as gr
 import pandas as pd
 
 from sdvar_core import viz
+from sdvar_core.trace import Trace
+from sdvar_core.validate import check
 
 from .common import View, listen
 
@@ -31,17 +33,21 @@ def wire(view: View) -> None:
                public="shapes" if widget is view.shape_model else None)
 
 
-def shapes_view(view: View, *, runs, shape_model, shape_scale) -> dict:
-    return {view.shape_table: shape_frame(runs, shape_model, shape_scale)}
+def shapes_view(view: View, *, last_run, shape_model, shape_scale) -> dict:
+    return {view.shape_table: shape_frame(last_run, shape_model, shape_scale)}
 
 
-def shape_frame(runs: dict | None, model: str, scale) -> pd.DataFrame:
-    """The last run's shape table, filtered by model and 1-based scale ('all' keeps everything)."""
-    if not runs:
+def shape_frame(run: Trace | None, model, scale) -> pd.DataFrame:
+    """The shape table of a run (a Trace, or None: an empty table), filtered by model and 1-based scale
+    ('all' keeps everything); both filters are checked (`validate`)."""
+    model = check("shape_model", model)
+    scale = check("shape_scale", "all" if scale is None else scale,
+                  choices=("all", *(str(k + 1) for k in range(len(run.scales) if run is not None else 10))))
+    if run is None:
         return pd.DataFrame(columns=COLUMNS)
-    df = viz.shape_table(runs["main"])
+    df = viz.shape_table(run)
     if model != "all":
         df = df[df["model"] == model]
-    if scale not in (None, "all"):
+    if scale != "all":
         df = df[df["scale"] == int(scale)]
     return df.reset_index(drop=True)
