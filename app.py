@@ -25,7 +25,7 @@ from sdvar_core.explore import MODELS, PairBank, default_pair_loader, load_quali
 from sdvar_core.runtime import resolve_device
 from ui import compare_tab, generate_tab, masks_tab, shapes_tab
 from ui.common import CSS, View, pair_info
-from ui.hosting import Host, Limits, cache_schedule, limit_malloc_arenas, safe
+from ui.hosting import Host, Limits, cache_schedule, limit_malloc_arenas, safe, trim_heap_every
 
 
 def asset_problems(bank: PairBank, skipped: list[str], classifier_stem=CLASSIFIER_STEM) -> list[str]:
@@ -131,6 +131,7 @@ def main(argv=None) -> None:
                              "and a busy CPU makes more threads much slower)")
     args = parser.parse_args(argv)
     limit_malloc_arenas()   # before the server's threads start: memory stays flat as sessions come and go
+    trim_heap_every()       # and freed memory goes back to the system
     if args.threads or resolve_device("auto").type == "cpu":
         torch.set_num_threads(max(1, args.threads or 1))
     demo = build_demo(weights_dir=args.weights_dir or os.environ.get("SDVAR_WEIGHTS_DIR"))

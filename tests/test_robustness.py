@@ -21,7 +21,7 @@ from conftest import EXAMPLE_TITLE, free_port
 from sdvar_core import explore
 from sdvar_core.config import ASSETS_DIR
 from ui.common import named_outputs
-from ui.hosting import Limits, cache_schedule, limits_from_env
+from ui.hosting import Limits, cache_schedule, limit_malloc_arenas, limits_from_env, trim_heap_every
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -254,6 +254,21 @@ def test_limits_from_env():
     with pytest.raises(ValueError, match="SDVAR_GENERATE_CONCURRENCY must be an integer in 1..64, got '0'"):
         limits_from_env({"SDVAR_GENERATE_CONCURRENCY": "0"})
 
+
+
+def test_memory_settings_from_env():
+    """SDVAR_TRIM_SECONDS starts (or not) the heap trimmer; SDVAR_MALLOC_ARENAS is checked; bad values are named."""
+    assert trim_heap_every({"SDVAR_TRIM_SECONDS": "0"}) is None
+    with pytest.raises(ValueError, match="SDVAR_TRIM_SECONDS must be a number in"):
+        trim_heap_every({"SDVAR_TRIM_SECONDS": "often"})
+    with pytest.raises(ValueError, match="SDVAR_MALLOC_ARENAS must be an integer in 0..64, got '-1'"):
+        limit_malloc_arenas({"SDVAR_MALLOC_ARENAS": "-1"})
+    assert limit_malloc_arenas({"SDVAR_MALLOC_ARENAS": "0"}) is None
+    if sys.platform.startswith("linux"):
+        thread = trim_heap_every({"SDVAR_TRIM_SECONDS": "0.05"})
+        assert thread is not None and thread.daemon and thread.is_alive()
+        time.sleep(0.2)
+        assert thread.is_alive()   # trimming went on without an error
 
 # ---- damaged assets ------------------------------------------------------------------------------------
 

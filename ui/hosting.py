@@ -99,6 +99,33 @@ def limit_malloc_arenas(environ=None) -> int | None:
         return None
 
 
+def trim_heap_every(environ=None) -> threading.Thread | None:
+    """Hand freed heap memory back to the system every $SDVAR_TRIM_SECONDS seconds (default 5; 0: never),
+    from a daemon thread; the thread, or None where nothing was started. Linux/glibc only.
+
+    A click allocates tens of MB (pictures, figures, JSON) and frees them again, but glibc returns a
+    heap's free pages only from its top, so the resident memory keeps the high-water mark of every
+    session's allocations scattered through the heap. `malloc_trim(0)` releases all free pages (a few
+    milliseconds); with it the resident memory follows what is really in use (BENCHMARKS.md, issue 10)."""
+    environ = os.environ if environ is None else environ
+    text = environ.get("SDVAR_TRIM_SECONDS", "").strip() or "5"
+    seconds = check("trim_seconds", text, rule=Rule("float", 0, 3600, text_ok=True), label="SDVAR_TRIM_SECONDS")
+    if seconds == 0 or not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):   # not glibc
+        return None
+
+    def loop():
+        while True:
+            time.sleep(seconds)
+            trim(0)
+    thread = threading.Thread(target=loop, name="sdvar-trim-heap", daemon=True)
+    thread.start()
+    return thread
+
+
 def cache_schedule(limits: Limits) -> tuple[int, int]:
     """(how often, how old): Gradio's `delete_cache` deletes cached files older than cache_ttl,
     checking every cache_ttl / 4 (at most every 10 minutes)."""
