@@ -265,7 +265,8 @@ def main(argv=None) -> dict:
     grid_real = data.make_images(np.repeat(np.arange(data.NUM_CLASSES), per_class_shown), HELDOUT_SEED)
     write_grid(folder / "grid.png", grid_real, *(first_per_class(*sample_sets[m], classes, per_class_shown)
                                                  for m in ("target", "draft")), data.CLASS_NAMES)
-    files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in sorted(folder.glob("*.safetensors"))}
+    files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+             for p in (folder / f"{name}.safetensors" for name in ("draft", "target", "vqvae"))}   # the pair only
     models = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("vqvae", "draft", "target")}
     card = {"name": "tiny", "data": DATA_DESCRIPTION, "data_version": data.DATA_VERSION, "data_changes": DATA_CHANGES,
             "class_names": list(data.CLASS_NAMES), "files": files, "models": models,

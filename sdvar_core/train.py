@@ -319,7 +319,7 @@ class PairRecipe:
     target: tuple[int, int, int] = (6, 192, 3)   # depth, width, heads
     target_steps: int = 4500
     target_lr: float = 1e-3
-    draft: tuple[int, int, int] = (2, 128, 2)
+    draft: tuple[int, int, int] = (3, 128, 2)
     draft_steps: int = 2500
     draft_lr: float = 2e-3
     warmup: int = 200
