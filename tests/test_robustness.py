@@ -20,6 +20,7 @@ import app
 from conftest import EXAMPLE_TITLE, free_port
 from sdvar_core import explore
 from sdvar_core.config import ASSETS_DIR
+from ui import generate_tab
 from ui.common import named_outputs
 from ui.hosting import Limits, cache_schedule, limit_malloc_arenas, limits_from_env, trim_heap_every
 
@@ -186,10 +187,16 @@ def test_generate_is_served_while_a_sweep_runs_and_stop_is_quick(served):
         sweeper.predict(api_name="/sweep", **too_big)
 
 
-def test_a_session_queues_at_most_two_generates(served):
+def test_a_session_queues_at_most_two_generates(served, monkeypatch):
     from gradio_client import Client
 
     demo, url = served
+    run_click = generate_tab.run_click
+
+    def slow_click(*args, **kwargs):   # the random pair is fast: make a click outlast the four submissions
+        time.sleep(1.5)
+        return run_click(*args, **kwargs)
+    monkeypatch.setattr(generate_tab, "run_click", slow_click)
     c = Client(url, verbose=False)
     args = {**explore.DEFAULT_INPUTS, "class_name": "circle", "mode": "speculative"}
     jobs = [c.submit(api_name="/generate", **{**args, "seed": s}) for s in range(4)]
