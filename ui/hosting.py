@@ -187,30 +187,15 @@ def check_stop(flag: threading.Event):
     return on_scale
 
 
-ADMISSION_GRACE_S = 1.0   # how long an admitted event counts before the queue's own bookkeeping shows it
-
-
 def admission(blocks, concurrency_id: str, limit: int, what: str):
     """A Gradio `validator` that refuses an event before it is queued when its session already has
-    `limit` events of `concurrency_id` waiting or running (named in the message as `what`).
-
-    Gradio runs validators of simultaneous requests side by side and registers an admitted event only
-    afterwards, so the queue alone would let a burst of clicks through; the events this validator
-    admitted in the last ADMISSION_GRACE_S seconds count too (checked and recorded under one lock)."""
-    lock, admitted = threading.Lock(), {}   # session → times of recent admissions
-
+    `limit` events of `concurrency_id` waiting or running (named in the message as `what`)."""
     def admit(request: gr.Request, **inputs):
-        session, now = request.session_hash, time.monotonic()
-        with lock:
-            recent = [t for t in admitted.get(session, ()) if now - t < ADMISSION_GRACE_S]
-            for old in [s for s, times in admitted.items() if all(now - t >= ADMISSION_GRACE_S for t in times)]:
-                admitted.pop(old)
-            waiting = max(pending_events(blocks, session, concurrency_id), len(recent))
-            if waiting >= limit:
-                raise gr.Error(safe(f"This session already has {waiting} {what}(s) queued or running (at most "
-                                    f"{limit} per session): wait for it to finish"
-                                    f"{', or press Stop' if what == 'sweep' else ''}."), print_exception=False)
-            admitted[session] = recent + [now]
+        waiting = pending_events(blocks, request.session_hash, concurrency_id)
+        if waiting >= limit:
+            raise gr.Error(safe(f"This session already has {waiting} {what}(s) queued or running (at most {limit} "
+                                f"per session): wait for it to finish{', or press Stop' if what == 'sweep' else ''}."),
+                           print_exception=False)
         return gr.skip()   # valid: nothing to mark on the inputs
     return admit
 
