@@ -6,14 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from .validate import check
-
-
-def check_sampling_args(cfg: float, top_k: int, top_p: float) -> None:
-    """ValueError naming cfg, top_k or top_p when one is out of its range (rules in `validate`)."""
-    for name, value in (("cfg", cfg), ("top_k", top_k), ("top_p", top_p)):
-        check(name, value)
-
 
 def guidance(cfg: float, k: int, num_scales: int) -> float:
     """VAR's linear CFG ramp t = cfg·k/(K-1): no guidance at the first scale, full at the last."""

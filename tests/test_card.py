@@ -92,11 +92,13 @@ def test_goals_read_the_numbers():
 def test_card_end_to_end_writes_hashes_that_load_pair_checks(tmp_path, pair_dir):
     folder = tmp_path / "tiny"
     shutil.copytree(pair_dir, folder)
-    save_classifier(train_classifier(steps=2, batch_size=4, progress=False), tmp_path / "clf", {"steps": 2})
-    c = card.main(["--folder", str(folder), "--classifier", str(tmp_path / "clf"), "--work", str(tmp_path / "work"),
+    # the classifier inside the pair's folder (as `train all --classifier <out>/classifier` puts it): not the pair's
+    save_classifier(train_classifier(steps=2, batch_size=4, progress=False), folder / "clf", {"steps": 2})
+    c = card.main(["--folder", str(folder), "--classifier", str(folder / "clf"), "--work", str(tmp_path / "work"),
                    "--per-class", "1", "--real", "20", "--spec-samples", "2", "--batch-size", "10", "--device", "cpu"])
     assert (folder / "grid.png").is_file() and (folder / "MODEL_CARD.md").is_file()
     saved = json.loads((folder / "card.json").read_text())
+    assert sorted(saved["files"]) == ["draft.safetensors", "target.safetensors", "vqvae.safetensors"]
     assert saved["evaluation"]["target"]["images"] == 10 and saved["data_version"] == c["data_version"]
     eval_json = json.loads((tmp_path / "work" / "target" / "eval.json").read_text())
     assert saved["evaluation"]["target"]["class_accuracy"] == eval_json["class_accuracy"]

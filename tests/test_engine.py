@@ -125,10 +125,12 @@ def target_marginals(pair, cls):
     return p0, p1
 
 
-def exact_mode_frequencies(pair, n_seeds, batch, gamma=2, **kw):
+def scale01_frequencies(pair, mode, n_seeds=40, batch=100, **kw):
+    """Token frequencies of scale 0 (V,) and scale 1's four positions (4, V) over n_seeds × batch samples
+    of class 1 (no CFG), and the sample count."""
     counts0, counts1 = torch.zeros(V), torch.zeros(4, V)
     for seed in range(n_seeds):
-        tr = generate(pair, "speculative", [1] * batch, seed=seed, gamma=gamma, cfg=0.0, progressive=False, **kw).trace
+        tr = generate(pair, mode, [1] * batch, seed=seed, cfg=0.0, progressive=False, **kw).trace
         t0, t1 = torch.from_numpy(tr.scales[0].tokens), torch.from_numpy(tr.scales[1].tokens)
         counts0 += torch.bincount(t0.flatten(), minlength=V)
         for j in range(4):
@@ -155,7 +157,7 @@ def test_exact_mode_samples_the_target_distribution(how):
     p0, p1 = target_marginals(pair, 1)
     q0, _ = target_marginals(Pair(pair.vqvae, pair.draft, pair.draft), 1)
     assert (p0 - q0).abs().max() > 0.1, "draft and target must differ for the test to have power"
-    f0, f1, n = exact_mode_frequencies(pair, n_seeds=40, batch=100, **AUTO[how]())
+    f0, f1, n = scale01_frequencies(pair, "speculative", **AUTO[how]())
     assert_matches(f0, p0, n)
     assert_matches(f1, p1, n)
 
@@ -169,7 +171,7 @@ def test_broken_acceptance_rule_fails_the_same_test(monkeypatch, how):
         return torch.ones_like(draft, dtype=torch.bool), draft
 
     monkeypatch.setattr(speculative, "accept_tokens", accept_everything)
-    f0, _, n = exact_mode_frequencies(pair, n_seeds=40, batch=100, **AUTO[how]())
+    f0, _, n = scale01_frequencies(pair, "speculative", **AUTO[how]())
     with pytest.raises(AssertionError):
         assert_matches(f0, p0, n)
 

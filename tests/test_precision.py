@@ -3,25 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from sdvar_core.engine import Pair, generate
+from sdvar_core.engine import generate
 from sdvar_core.runtime import precision_supported
-from test_engine import V, assert_matches, mini_pair, target_marginals
+from test_engine import assert_matches, mini_pair, scale01_frequencies, target_marginals
 
 pytestmark = pytest.mark.skipif(not precision_supported(torch.device("cpu"), "bf16"),
                                 reason="this CPU has no native bf16")
-
-
-def frequencies(pair, mode, n_seeds=40, batch=100, **kw):
-    """Token frequencies of scale 0 (V,) and scale 1's four positions (4, V) over n_seeds × batch samples."""
-    counts0, counts1 = torch.zeros(V), torch.zeros(4, V)
-    for seed in range(n_seeds):
-        tr = generate(pair, mode, [1] * batch, seed=seed, cfg=0.0, progressive=False, **kw).trace
-        t0, t1 = torch.from_numpy(tr.scales[0].tokens), torch.from_numpy(tr.scales[1].tokens)
-        counts0 += torch.bincount(t0.flatten(), minlength=V)
-        for j in range(4):
-            counts1[j] += torch.bincount(t1[:, j], minlength=V)
-    n = n_seeds * batch
-    return counts0 / n, counts1 / n, n
 
 
 @pytest.mark.parametrize("mode, kw", [("target", {}), ("speculative", {"gamma": 2})])
@@ -30,10 +17,10 @@ def test_bf16_samples_the_fp32_target_distribution(mode, kw):
     probabilities (5 standard errors per cell); the draft's own samples fail the same test."""
     pair = mini_pair()
     p0, p1 = target_marginals(pair, 1)
-    f0, f1, n = frequencies(pair, mode, precision="bf16", **kw)
+    f0, f1, n = scale01_frequencies(pair, mode, precision="bf16", **kw)
     assert_matches(f0, p0, n)
     assert_matches(f1, p1, n)
-    d0, _, n = frequencies(pair, "draft", precision="bf16")
+    d0, _, n = scale01_frequencies(pair, "draft", precision="bf16")
     with pytest.raises(AssertionError):
         assert_matches(d0, p0, n)
 

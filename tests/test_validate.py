@@ -101,6 +101,7 @@ def test_settings_validate_coerces_in_place_and_checks_the_device():
     assert (s.gamma, s.top_k, s.cfg, s.entry_num) == (3, 5, 2.0, 4)
     assert type(s.gamma) is int and type(s.cfg) is float
     Settings(gamma="auto").validate("speculative", 10)   # the planner's γ
+    Settings(gamma="auto", adaptive_gamma=True).validate("target", 10)   # neither applies outside speculative
     with pytest.raises(ValueError, match="keep_draft_rejected must be True or False, got 'no'"):
         Settings(keep_draft_rejected="no").validate("speculative", 10)
     with pytest.raises(ValueError, match="schedule must be 10 letters"):

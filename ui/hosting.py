@@ -78,6 +78,22 @@ def limits_from_env(environ=None) -> Limits:
 M_ARENA_MAX = -8   # glibc's mallopt parameter number (malloc.h)
 
 
+def _glibc(name: str):
+    """The C function `name` of glibc, or None off Linux/glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):   # not glibc
+        return None
+
+
+def _env_number(environ, variable: str, default: str, rule: Rule):
+    """$variable (default when unset or blank) checked by `rule`; ValueError naming the variable."""
+    text = environ.get(variable, "").strip() or default
+    return check(variable.lower(), text, rule=rule, label=variable)
+
+
 def limit_malloc_arenas(environ=None) -> int | None:
     """Cap glibc's malloc arenas for this process at $SDVAR_MALLOC_ARENAS (default 2; 0 leaves glibc's
     default); the number applied, or None where nothing was changed.
@@ -88,15 +104,11 @@ def limit_malloc_arenas(environ=None) -> int | None:
     grows with the number of sessions served. Two arenas keep it flat (BENCHMARKS.md, issue 10).
     Same effect as starting the process with MALLOC_ARENA_MAX=2, which wins when set. Linux/glibc only."""
     environ = os.environ if environ is None else environ
-    text = environ.get("SDVAR_MALLOC_ARENAS", "").strip() or "2"
-    n = check("malloc_arenas", text, rule=Rule("int", 0, 64, text_ok=True), label="SDVAR_MALLOC_ARENAS")
-    if n == 0 or "MALLOC_ARENA_MAX" in environ or not sys.platform.startswith("linux"):
+    n = _env_number(environ, "SDVAR_MALLOC_ARENAS", "2", Rule("int", 0, 64, text_ok=True))
+    mallopt = _glibc("mallopt")
+    if n == 0 or "MALLOC_ARENA_MAX" in environ or mallopt is None:
         return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return n if libc.mallopt(M_ARENA_MAX, n) == 1 else None
-    except (OSError, AttributeError):   # not glibc
-        return None
+    return n if mallopt(M_ARENA_MAX, n) == 1 else None
 
 
 def trim_heap_every(environ=None) -> threading.Thread | None:
@@ -108,13 +120,9 @@ def trim_heap_every(environ=None) -> threading.Thread | None:
     session's allocations scattered through the heap. `malloc_trim(0)` releases all free pages (a few
     milliseconds); with it the resident memory follows what is really in use (BENCHMARKS.md, issue 10)."""
     environ = os.environ if environ is None else environ
-    text = environ.get("SDVAR_TRIM_SECONDS", "").strip() or "5"
-    seconds = check("trim_seconds", text, rule=Rule("float", 0, 3600, text_ok=True), label="SDVAR_TRIM_SECONDS")
-    if seconds == 0 or not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):   # not glibc
+    seconds = _env_number(environ, "SDVAR_TRIM_SECONDS", "5", Rule("float", 0, 3600, text_ok=True))
+    trim = _glibc("malloc_trim")
+    if seconds == 0 or trim is None:
         return None
 
     def loop():
