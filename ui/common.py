@@ -15,14 +15,6 @@ from .hosting import safe
 
 log = logging.getLogger("sdvar_explorer")
 
-try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
-    import spaces
-
-    gpu = spaces.GPU
-except ImportError:
-    def gpu(fn=None, **_):
-        return fn if fn is not None else (lambda f: f)
-
 CSS = """
 #headline .block { min-width: 0 !important; }
 #headline input, #headline textarea { font-size: 1.35rem !important; font-weight: 600; }

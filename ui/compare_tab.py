@@ -10,7 +10,8 @@ from sdvar_core.explore import (DIRECTIONS, check_sweep_size, class_index, confi
                                 parse_seeds, run_config, sweep_configs, sweep_row)
 from sdvar_core.validate import check
 
-from .common import View, gpu, listen
+from .common import View, listen
+from .gpu import gpu_callback, in_gpu_worker, sweep_budget
 from .hosting import Host, SweepStopped, admission, check_stop
 
 SWEEP_COLUMNS = ["config", "images", "target_calls", "draft_calls", "wall_s", "speedup", "token_agreement",
@@ -68,7 +69,7 @@ def wire(view: View, demo: gr.Blocks, bank, host: Host) -> None:
     holds up anyone's Generate; a session may have host.limits.sweeps_per_session sweeps queued or
     running (checked when one is queued). Stop ends this session's sweep within one scale."""
     listen(view, view.sweep_kind.change, on_sweep_kind, view, outputs=("sched_sweep", "spec_sweep"))
-    sweep = listen(view, view.sweep_btn.click, gpu(duration=180)(on_sweep), bank, view, host, public="sweep",
+    sweep = listen(view, view.sweep_btn.click, gpu_callback(on_sweep, sweep_budget, host.limits.gpu_max_seconds), bank, view, host, public="sweep",
                    outputs=SWEEP_OUTPUTS, concurrency_id="sweep", concurrency_limit=host.limits.sweep_concurrency,
                    validator=admission(demo, "sweep", host.limits.sweeps_per_session, "sweep"),
                    show_progress_on=[view.sweep_plot])
@@ -141,7 +142,8 @@ def on_sweep(bank, view: View, host: Host, request: gr.Request, *, model, sweep_
                    view.sweep_csv: str(csv_path), view.last_sweep: df}
     finally:   # Gradio has copied each CSV it sent into its cache
         host.lane.finish(session, flag)
-        host.files.discard(csv_path)
+        if not in_gpu_worker():   # a ZeroGPU worker runs ahead of what was sent: the TTL removes its file
+            host.files.discard(csv_path)
 
 
 def frontier_view(view: View, *, last_sweep, frontier_metric) -> dict:

@@ -17,7 +17,8 @@ from sdvar_core.validate import check
 from sdvar_core.runtime import PRECISIONS, precision_supported
 
 from . import teach_panel
-from .common import View, bind, gpu, listen, pair_info
+from .common import View, bind, listen, pair_info
+from .gpu import generate_budget, gpu_callback
 from .hosting import Limits, admission, safe
 from .shapes_tab import shape_frame
 
@@ -115,7 +116,7 @@ def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]], limi
     listen(view, view.model.change, on_model, bank, view, public="select_model",
            outputs=("model", "model_md", "class_name", "class_id"))
     listen(view, view.mode.change, on_mode, view, outputs=("schedule_group", "spec_group"))
-    generated = listen(view, view.generate_btn.click, gpu(duration=60)(on_generate), bank, view, public="generate",
+    generated = listen(view, view.generate_btn.click, gpu_callback(on_generate, generate_budget, limits.gpu_max_seconds), bank, view, public="generate",
                        outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="generate",
                        concurrency_limit=limits.generate_concurrency,
                        validator=admission(demo, "generate", limits.generates_per_session, "Generate click"),

@@ -50,17 +50,18 @@ class Limits:
     max_sessions: int = 64           # sessions whose state the server keeps (the oldest is dropped first)
     session_ttl: int = 3600          # seconds a session keeps its last run after it was made
     cache_ttl: int = 3600            # seconds before Gradio's cached files (pictures, CSVs) are deleted
+    gpu_max_seconds: int = 120       # the most GPU seconds one request may ask for on ZeroGPU (ui.gpu)
 
 
 ENV = {"generate_concurrency": "SDVAR_GENERATE_CONCURRENCY", "generates_per_session": "SDVAR_GENERATES_PER_SESSION",
        "sweep_concurrency": "SDVAR_SWEEP_CONCURRENCY",
        "sweeps_per_session": "SDVAR_SWEEPS_PER_SESSION", "sweep_max_runs": "SDVAR_SWEEP_MAX_RUNS",
        "queue_size": "SDVAR_QUEUE_SIZE", "max_sessions": "SDVAR_MAX_SESSIONS",
-       "session_ttl": "SDVAR_SESSION_TTL", "cache_ttl": "SDVAR_CACHE_TTL"}
+       "session_ttl": "SDVAR_SESSION_TTL", "cache_ttl": "SDVAR_CACHE_TTL", "gpu_max_seconds": "SDVAR_GPU_MAX_SECONDS"}
 _RANGES = {"generate_concurrency": (1, 64), "generates_per_session": (1, 64), "sweep_concurrency": (1, 64),
            "sweeps_per_session": (1, 64),
            "sweep_max_runs": (1, 10_000), "queue_size": (1, 100_000), "max_sessions": (1, 1_000_000),
-           "session_ttl": (10, 30 * 86400), "cache_ttl": (60, 30 * 86400)}
+           "session_ttl": (10, 30 * 86400), "cache_ttl": (60, 30 * 86400), "gpu_max_seconds": (5, 300)}
 
 
 def limits_from_env(environ=None) -> Limits:
