@@ -21,8 +21,10 @@ which bounds each of them. On ZeroGPU every request may land on a fresh worker, 
 
 Device classes (the numbers behind them: BENCHMARKS.md, cited in each):
 - H200: fitted to the H200 "Call patterns: var-d16 → var-d30" tables (bf16 autocast, batch 1 and 16):
-  the overheads reproduce batch 1 exactly (launch-bound calls), the rates keep batch 16 under the
-  prediction; decode from the "Floors" table.
+  the per-call and per-block overheads reproduce the launch-bound batch-1 rows of the target and the
+  draft alone, the rates keep batch 16 under the prediction; every pattern's calls (speculative γ 1–4
+  rejected everywhere included) come out within −2 % … +32 % of its measured median
+  (tests/test_gpu.py); decode from the "Floors" table.
 - GPU_PRIOR (the default): any GPU not yet measured — a ZeroGPU slice of an H200 or an RTX Pro 6000,
   an L4 or A10G Space: H200 overheads × 1.5, rates × 0.2, decode × 2.5, a slower worker start.
 - CPU: fitted to the CPU tables (embedded pair's mode table, 1 thread; VAR-d16 single model, 2 threads).
@@ -86,7 +88,7 @@ GPU_PRIOR = DeviceClass(
     step_s=3e-3, decode_s=27e-3, startup_s=3.0, transfer_rate=2.5e9,
     note="H200 overheads × 1.5, rates × 0.2, decode × 2.5: a ZeroGPU slice or a smaller Space GPU")
 CPU = DeviceClass(
-    "CPU (2 cores)", flop_rate=150e9, byte_rate=10e9, call_overhead_s=2e-3, block_overhead_s=0.5e-3,
+    "CPU (2 cores)", flop_rate=150e9, byte_rate=10e9, call_overhead_s=3e-3, block_overhead_s=0.8e-3,
     step_s=1e-3, decode_s=2.0, startup_s=0.0, transfer_rate=math.inf,
     note="fitted to BENCHMARKS.md 'Mode table' (embedded pair, CPU, 1 thread) and 'Single model: VAR-d16 on the "
          "CPU' (decode ≤ 2 s per 256-px image)")

@@ -33,7 +33,8 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from sdvar_core import gpu_budget
-from sdvar_core.explore import OFFICIAL_DEPTHS, click_settings, parse_seeds, sweep_configs
+from sdvar_core.explore import (OFFICIAL_DEPTHS, check_sweep_size, class_index, click_settings, parse_seeds,
+                                sweep_configs)
 from sdvar_core.validate import check
 
 from .common import bind
@@ -220,7 +221,7 @@ def refused(error: gr.Error, priced: Priced | None) -> gr.Error:
     title = str(getattr(error, "title", "") or "")
     if not title.startswith("ZeroGPU"):
         return error
-    text = str(getattr(error, "message", error))
+    text = str(getattr(error, "message", error)).strip().rstrip(".")
     asked = f"This request asked for {priced.budget.seconds} s of GPU time. " if priced else ""
     smaller = f"{priced.smaller} " if priced and priced.smaller else ""
     if "aborted" in text.lower() or "worker error" in title.lower():
@@ -255,11 +256,17 @@ def _smaller(bank, model, text: str, **kw) -> str:
 
 
 def generate_budget(bank, view, *, model, cap: int = gpu_budget.CAP_S, progress=None, **inputs) -> Priced:
-    """A Generate click: the chosen mode with its settings, the target alone, the draft alone."""
+    """A Generate click: the chosen mode with its settings, the target alone, the draft alone. Its inputs
+    are checked as the callback checks them, so a bad one never asks for a GPU."""
     shapes = shapes_of(bank, model)
     K = len(shapes.patch_nums)
     mode = check("mode", inputs.get("mode", "speculative"))
     settings = click_settings(inputs, K)
+    check("seed", inputs.get("seed"))
+    if model == "tiny":
+        class_index(bank.get("tiny"), inputs.get("class_name"), inputs.get("class_id"))
+    else:
+        check("class_id", inputs.get("class_id"), num_classes=shapes.target.num_classes)
     b = gpu_budget.generate_click(shapes, mode, settings, DEVICE, cap=cap)
     alone = gpu_budget.generate_click(shapes, "target", settings, DEVICE, cap=cap)
     hint = f"'target only' asks for {alone.seconds} s" if mode != "target" else ""
@@ -282,6 +289,8 @@ def sweep_budget(bank, view, host, request=None, *, model, sweep_kind, sweep_see
     K = len(shapes.patch_nums)
     seeds = parse_seeds(sweep_seeds)
     configs = sweep_configs(sweep_kind, sweep_entries, sweep_dirs, sweep_masks, sweep_gammas, sweep_taus, K)
+    if host is not None:
+        check_sweep_size(configs, seeds, host.limits.sweep_max_runs)
     classes = shapes.target.num_classes
     images = classes if check("sweep_classes", sweep_classes) == "all" and classes <= 16 else 1
     b = gpu_budget.sweep(shapes, configs, len(seeds), images, DEVICE, cap=cap)

@@ -1,0 +1,102 @@
+"""The app's GPU callbacks under the real `spaces` ZeroGPU wrappers, on a CPU (run by tests/test_gpu.py in a
+process of its own: it switches ZeroGPU on and patches the `spaces` client).
+
+ZeroGPU's own code runs: `spaces.GPU` decorates, its handler calls the duration callable, forks a worker
+process, pickles the job into it and the results back (its SimpleQueue), and raises its own refusals. Only
+what needs Hugging Face's device API or a CUDA build of torch is replaced: the scheduler (`client.schedule`
+grants at once, or refuses like the real one), `client.allow` / `client.release`, and `spaces.zero.torch`
+(the package's own fallbacks for a torch without CUDA). Prints one JSON object.
+"""
+import json
+import os
+import sys
+import types
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ["SDVAR_CACHE_DIR"] = "off"
+
+import spaces  # noqa: E402  (before torch, as on a Space)
+from spaces.config import Config  # noqa: E402
+
+Config.zero_gpu = True
+stub = types.ModuleType("spaces.zero.torch")   # what spaces.zero.torch is where torch has no CUDA
+for name in ("enter_mode", "patch", "unpatch", "init", "move"):
+    setattr(stub, name, lambda *a, **k: None)
+for name in ("pack", "size"):
+    setattr(stub, name, lambda *a, **k: 0)
+stub.is_in_bad_fork = lambda *a, **k: False
+sys.modules["spaces.zero.torch"] = stub
+
+from spaces.zero import client  # noqa: E402
+from spaces.zero.api import ScheduleResponse  # noqa: E402
+from spaces.zero.gradio import error as zerogpu_error  # noqa: E402
+
+asked, refuse = [], []
+
+
+def schedule(task_id, request=None, duration=None, gpu_size=None, **_):
+    asked.append(duration.total_seconds())
+    if refuse:
+        raise zerogpu_error("ZeroGPU quota exceeded", refuse[0])
+    return ScheduleResponse(idle=False, nvidiaIndex=0, nvidiaUUID="cpu", allowToken="token")
+
+
+client.schedule = schedule
+client.allow = lambda *a, **k: None
+client.release = lambda *a, **k: None
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import app  # noqa: E402
+from conftest import build_random_pair  # noqa: E402
+from sdvar_core.explore import DEFAULT_INPUTS  # noqa: E402
+
+import ui.generate_tab  # noqa: E402
+
+run_click = ui.generate_tab.run_click
+
+
+def run_click_noting_pid(*args, **kwargs):   # the process the runs were made in, carried back in the trace
+    runs = run_click(*args, **kwargs)
+    runs["main"].settings["pid"] = os.getpid()
+    return runs
+
+
+ui.generate_tab.run_click = run_click_noting_pid
+pair = build_random_pair("zerogpu-sim")
+demo = app.build_demo(pair_loader=lambda key: pair, examples_dir=None)
+fns = {f.api_name: f.fn for f in demo.fns.values() if f.api_name}
+view = fns["generate"].__wrapped__.args[1]
+out = {}
+
+inputs = dict(DEFAULT_INPUTS, class_name=pair.class_names[3], mode="speculative")
+result = fns["generate"](model="tiny", **inputs)
+components = [v for v in vars(view).values() if isinstance(v, gr.blocks.Block)]
+out["generate_keys_are_the_views_components"] = all(any(k is c for c in components) for k in result)
+out["generate_image_shape"] = list(result[view.final_image].shape)
+out["generate_ran_in_pid"] = result[view.last_run].settings["pid"]
+out["this_pid"] = os.getpid()
+out["asked_generate"] = asked[-1]
+
+rows = list(fns["sweep"](gr.Request(session_hash="sim"), model="tiny", sweep_kind="schedule", sweep_seeds="0",
+                         sweep_classes="chosen", sweep_entries=["4"], sweep_dirs=["D→T"], sweep_masks=["1"],
+                         sweep_gammas=["1"], sweep_taus=["1.0"], class_name=pair.class_names[0], class_id=0,
+                         cfg=1.5, top_k=0, top_p=1.0, accept="prob", lenience=1.0, precision="fp32"))
+out["sweep_yields"] = len(rows)
+out["sweep_rows"] = int(len(rows[-1][view.last_sweep]))
+out["asked_sweep"] = asked[-1]
+
+refuse.append("You have exceeded your ZeroGPU quota (10s requested vs. 3s left). Try again in 0:05:00.")
+try:
+    fns["generate"](model="tiny", **inputs)
+    out["refusal"] = None
+except gr.Error as e:
+    out["refusal"] = str(e.message)
+before = len(asked)
+masks = fns["mask_view"](model="tiny", mask_rule=1, mask_entry=4, mask_full=False)
+out["mask_view_after_refusal"] = view.mask_heatmap in masks
+out["mask_view_asked_gpu"] = len(asked) > before
+print(json.dumps(out))
