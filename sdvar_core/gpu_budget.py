@@ -22,8 +22,8 @@ which bounds each of them. On ZeroGPU every request may land on a fresh worker, 
 Device classes (the numbers behind them: BENCHMARKS.md, cited in each):
 - H200: fitted to the H200 "Call patterns: var-d16 → var-d30" tables (bf16 autocast, batch 1 and 16):
   the per-call and per-block overheads reproduce the launch-bound batch-1 rows of the target and the
-  draft alone, the rates keep batch 16 under the prediction; every pattern's calls (speculative γ 1–4
-  rejected everywhere included) come out within −2 % … +32 % of its measured median
+  draft alone, the rates keep batch 16 under the prediction; the target alone, the draft alone and
+  speculative γ 1–4 rejected everywhere come out within −2 % … +32 % of their measured medians
   (tests/test_gpu.py); decode from the "Floors" table.
 - GPU_PRIOR (the default): any GPU not yet measured — a ZeroGPU slice of an H200 or an RTX Pro 6000,
   an L4 or A10G Space: H200 overheads × 1.5, rates × 0.2, decode × 2.5, a slower worker start.
