@@ -151,7 +151,6 @@ def test_only_the_model_runs_ask_for_a_gpu(demo):
     # precomputed runs, scrubbing, Masks, Shapes and the teaching views of a stored run: never a GPU request
     assert {"load_example", "scale_view", "mask_view", "keys_view", "teach", "round_story", "cost_whatif",
             "frontier", "select_model", "export_figures"} <= plain
-    assert not any(getattr(underlying(f), "zerogpu", False) is None for f in demo.fns.values())
     # precomputed runs are a dropdown of stored traces, no gr.Examples (whose Dataset could cache by running)
     assert not any(isinstance(b, gr.Dataset) for b in demo.blocks.values())
 

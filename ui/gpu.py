@@ -27,6 +27,7 @@ import functools
 import inspect
 import itertools
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -73,8 +74,10 @@ def in_gpu_worker() -> bool:
 
 # ---- what crosses into the GPU worker -------------------------------------------------------------------
 
-_LOCAL: dict[int, Any] = {}        # objects passed by reference: same key here and in a worker forked from here
-_COMPONENTS: dict[int, Any] = {}   # their components by Gradio id: the keys of a callback's result
+# Objects passed by reference (same key here and in a worker forked from here) and their components by Gradio
+# id (the keys of a callback's result); weak: the page's event handlers keep them alive as long as it exists.
+_LOCAL: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_COMPONENTS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _KEYS = itertools.count(1)
 _LOCK = threading.Lock()
 
@@ -92,7 +95,7 @@ class ComponentRef(NamedTuple):
 
 
 def local(obj) -> Local:
-    """A picklable reference to `obj` (registered once; the registry keeps it alive)."""
+    """A picklable reference to `obj` (registered once)."""
     with _LOCK:
         for key, known in _LOCAL.items():
             if known is obj:
@@ -150,8 +153,6 @@ def job_seconds(job: Job) -> int:
     return job.seconds
 
 
-
-
 # ---- the wrapper --------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ def gpu_callback(fn, budget, cap: int = gpu_budget.CAP_S):
     remote = GPU(duration=job_seconds)(task)
 
     def prepare(args, kwargs) -> tuple[Job, Priced | None]:
-        priced = price(budget, cap, args, kwargs) if on_zerogpu() else None
+        priced = budget(*args, **kwargs, cap=cap) if on_zerogpu() else None   # ValueError: refused here
         job = Job(fn, tuple(portable(a) for a in args), {k: portable(v, by_reference=False) for k, v in kwargs.items()},
                   priced.budget.seconds if priced else gpu_budget.FLOOR_S)
         return job, priced
@@ -209,11 +210,6 @@ def portable(value, by_reference: bool = True):
     if not by_reference or value is None or isinstance(value, (str, int, float, bool, list, tuple, dict, gr.Progress)):
         return value
     return local(value)
-
-
-def price(budget, cap: int, args, kwargs) -> Priced:
-    """The request's Priced (ValueError for a bad input; gpu_budget.TooLong over the cap)."""
-    return budget(*args, **kwargs, cap=cap)
 
 
 def refused(error: gr.Error, priced: Priced | None) -> gr.Error:
