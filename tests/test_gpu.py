@@ -241,7 +241,7 @@ def test_decorated_generate_runs_on_a_cpu_outside_spaces():
     assert out[view.target_calls] == 6 and out[view.draft_calls] == 4   # entry_num 4: 4 draft + 6 target scales
 
 
-def test_callbacks_under_the_real_zerogpu_wrappers(random_pair):
+def test_callbacks_under_the_real_zerogpu_wrappers(random_pair, demo):
     """tests/zerogpu_sim.py: spaces' own wrappers fork a worker and pickle the jobs both ways; only the
     scheduler (and torch's CUDA hooks) are stand-ins. The seconds asked are the budgets; a refusal is plain."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SDVAR_TEST_THREADS": "1"}
@@ -261,3 +261,11 @@ def test_callbacks_under_the_real_zerogpu_wrappers(random_pair):
     assert out["sweep_yields"] == out["sweep_rows"] == 3
     assert f"asked for {expected} s" in out["refusal"] and "exceeded your ZeroGPU quota" in out["refusal"]
     assert out["mask_view_after_refusal"] and not out["mask_view_asked_gpu"]
+    # served through Gradio's queue (its own gr.Request and gr.Progress cross into the worker): same inputs
+    # as off ZeroGPU, every output back, and the sweep asked for its own budget
+    assert out["inputs"] == {f.api_name: [c.elem_id for c in f.inputs] for f in demo.fns.values()
+                             if f.api_name in ("generate", "mask_gallery", "sweep")}
+    assert out["served_generate_outputs"] == len(generate_tab.RUN_OUTPUTS) - 2   # the two States stay behind
+    assert out["served_sweep_status"].startswith("4 of 4 runs done (2 seed(s) × 10 image(s) each)")
+    spec = sweep_configs("speculative", [], [], [], ["1", "2"], ["1.0"], 10)
+    assert out["asked_served"] == [expected, gb.sweep(shapes, spec, 2, 10, gpu.DEVICE).seconds]

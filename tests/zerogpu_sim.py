@@ -5,7 +5,8 @@ ZeroGPU's own code runs: `spaces.GPU` decorates, its handler calls the duration 
 process, pickles the job into it and the results back (its SimpleQueue), and raises its own refusals. Only
 what needs Hugging Face's device API or a CUDA build of torch is replaced: the scheduler (`client.schedule`
 grants at once, or refuses like the real one), `client.allow` / `client.release`, and `spaces.zero.torch`
-(the package's own fallbacks for a torch without CUDA). Prints one JSON object.
+(the package's own fallbacks for a torch without CUDA). The callbacks are called directly, then served
+(Gradio's queue passes its own gr.Request and gr.Progress) through gradio_client. Prints one JSON object.
 """
 import json
 import os
@@ -89,6 +90,26 @@ out["sweep_yields"] = len(rows)
 out["sweep_rows"] = int(len(rows[-1][view.last_sweep]))
 out["asked_sweep"] = asked[-1]
 
+# served: Gradio's own queue injects gr.Request and gr.Progress, which must cross into the worker too
+from conftest import free_port  # noqa: E402
+from gradio_client import Client  # noqa: E402
+
+port = free_port()
+app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+api = Client(f"http://127.0.0.1:{port}/", verbose=False)
+served = api.predict(api_name="/generate", **{**inputs, "seed": 3})
+out["served_generate_outputs"] = len(served)
+out["served_generate_wall"] = served[3]
+sweep_args = dict(model="tiny", sweep_kind="speculative", sweep_seeds="0, 1", sweep_classes="all",
+                  sweep_entries=["4"], sweep_dirs=["D→T"], sweep_masks=["1"], sweep_gammas=["1", "2"],
+                  sweep_taus=["1.0"], class_name=pair.class_names[0], class_id=0, cfg=1.5, top_k=0, top_p=1.0,
+                  accept="prob", lenience=1.0, precision="fp32")
+served_sweep = api.predict(api_name="/sweep", **sweep_args)
+out["served_sweep_status"] = served_sweep[0]
+out["asked_served"] = asked[-2:]
+out["inputs"] = {f.api_name: [c.elem_id for c in f.inputs] for f in demo.fns.values()
+                 if f.api_name in ("generate", "mask_gallery", "sweep")}
+
 refuse.append("You have exceeded your ZeroGPU quota (10s requested vs. 3s left). Try again in 0:05:00.")
 try:
     fns["generate"](model="tiny", **inputs)
@@ -99,4 +120,5 @@ before = len(asked)
 masks = fns["mask_view"](model="tiny", mask_rule=1, mask_entry=4, mask_full=False)
 out["mask_view_after_refusal"] = view.mask_heatmap in masks
 out["mask_view_asked_gpu"] = len(asked) > before
-print(json.dumps(out))
+demo.close()
+print(json.dumps(out, default=str))
