@@ -29,7 +29,8 @@ Device classes (the numbers behind them: BENCHMARKS.md, cited in each):
   an L4 or A10G Space: H200 overheads × 1.5, rates × 0.2, decode × 2.5, a slower worker start.
 - CPU: fitted to the CPU tables (embedded pair's mode table, 1 thread; VAR-d16 single model, 2 threads).
 
-`python -m sdvar_core.gpu_budget` prints the table README "Deploy it as a Space" quotes. Pure: no torch.
+The budget functions are pure (shapes in, seconds out; no torch). `table` and `python -m sdvar_core.gpu_budget`
+(the table README "Deploy it as a Space" quotes) price the app's own defaults (`explore`, imported there).
 """
 from __future__ import annotations
 
