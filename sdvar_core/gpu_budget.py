@@ -26,7 +26,8 @@ Device classes (the numbers behind them: BENCHMARKS.md, cited in each):
   speculative γ 1–4 rejected everywhere come out within −2 % … +32 % of their measured medians
   (tests/test_gpu.py); decode from the "Floors" table.
 - GPU_PRIOR (the default): any GPU not yet measured — a ZeroGPU slice of an H200 or an RTX Pro 6000,
-  an L4 or A10G Space: H200 overheads × 1.5, rates × 0.2, decode × 2.5, a slower worker start.
+  an L4 or A10G Space: H200 overheads × 1.5, byte rate × 0.2, decode × 2.5, a slower worker start, and
+  the fp32 FLOP rate of a ZeroGPU slice (the app runs fp32 unless bf16 is picked).
 - CPU: fitted to the CPU tables (embedded pair's mode table, 1 thread; VAR-d16 single model, 2 threads).
 
 The budget functions are pure (shapes in, seconds out; no torch). `table` and `python -m sdvar_core.gpu_budget`
@@ -85,9 +86,10 @@ H200 = DeviceClass(
     note="fitted to BENCHMARKS.md 'Call patterns: var-d16 → var-d30' (H200, bf16, batch 1 and 16); decode: "
          "'Floors' (≤ 10.8 ms per 256-px image)")
 GPU_PRIOR = DeviceClass(
-    "GPU (not yet measured)", flop_rate=60e12, byte_rate=0.4e12, call_overhead_s=9.75e-3, block_overhead_s=0.675e-3,
+    "GPU (not yet measured)", flop_rate=25e12, byte_rate=0.4e12, call_overhead_s=9.75e-3, block_overhead_s=0.675e-3,
     step_s=3e-3, decode_s=27e-3, startup_s=3.0, transfer_rate=2.5e9,
-    note="H200 overheads × 1.5, rates × 0.2, decode × 2.5: a ZeroGPU slice or a smaller Space GPU")
+    note="H200 overheads × 1.5, byte rate × 0.2, decode × 2.5; FLOP rate: fp32 (the app's default precision) "
+         "without tensor cores on a ZeroGPU slice of an H200, 67 TFLOP/s × 60 of 132 SMs ≈ 30")
 CPU = DeviceClass(
     "CPU (2 cores)", flop_rate=150e9, byte_rate=10e9, call_overhead_s=3e-3, block_overhead_s=0.8e-3,
     step_s=1e-3, decode_s=2.0, startup_s=0.0, transfer_rate=math.inf,
@@ -222,7 +224,10 @@ def generate_click(shapes: PairShapes, mode: str, settings: dict, device: Device
     target alone and the draft alone (unless the chosen mode is one of them); γ auto adds the calibration."""
     K = len(shapes.patch_nums)
     gamma = speculative_gamma(settings, K) if mode == "speculative" else 2
-    work = run_seconds(shapes, device, mode, batch, gamma, settings.get("schedule"), previews=True)
+    schedule = settings.get("schedule")
+    if mode == "schedule" and not schedule and settings.get("entry_num") is not None:
+        schedule = "D" * int(settings["entry_num"]) + "T" * (K - int(settings["entry_num"]))
+    work = run_seconds(shapes, device, mode, batch, gamma, schedule, previews=True)
     work += sum(run_seconds(shapes, device, m, batch) for m in ("target", "draft") if m != mode)
     if mode == "speculative" and settings.get("gamma") == "auto":   # each calibration run ≤ a rejected γ = 1 run
         work += CALIBRATION_RUNS * run_seconds(shapes, device, "speculative", batch, 1)
