@@ -269,3 +269,39 @@ def test_callbacks_under_the_real_zerogpu_wrappers(random_pair, demo):
     assert out["served_sweep_status"].startswith("4 of 4 runs done (2 seed(s) × 10 image(s) each)")
     spec = sweep_configs("speculative", [], [], [], ["1", "2"], ["1.0"], 10)
     assert out["asked_served"] == [expected, gb.sweep(shapes, spec, 2, 10, gpu.DEVICE).seconds]
+    # Stop, served here, stops the sweep in the worker (its own message: it saw the mark within a scale)
+    assert out["stopped_status"].startswith("Stopped after") and out["stop_s"] < 10
+
+
+def test_stop_reaches_a_sweep_in_a_forked_worker(tmp_path):
+    """On ZeroGPU a sweep runs in a forked worker with its own copy of the lane; Stop's mark reaches it."""
+    import multiprocessing
+    import time
+
+    from ui.hosting import SweepLane
+
+    lane = SweepLane(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    started, seen = ctx.Event(), ctx.SimpleQueue()
+
+    def sweep():   # what on_sweep does with the lane, in the worker
+        flag = lane.start("session-1")
+        started.set()
+        deadline = time.time() + 20
+        while not flag.is_set() and time.time() < deadline:
+            time.sleep(0.01)
+        seen.put(flag.is_set())
+        lane.finish("session-1", flag)
+
+    worker = ctx.Process(target=sweep)
+    worker.start()
+    try:
+        assert started.wait(20)
+        assert lane.count("session-1") == 0     # this process does not know the worker's sweep
+        lane.stop("session-1")
+        assert seen.get() is True
+    finally:
+        worker.join(20)
+    assert not list(tmp_path.glob("*.stop"))   # the sweep's end removed the mark
+    again = lane.start("session-1")             # and a new sweep is not stopped by an old Stop
+    assert not again.is_set()

@@ -107,6 +107,21 @@ sweep_args = dict(model="tiny", sweep_kind="speculative", sweep_seeds="0, 1", sw
 served_sweep = api.predict(api_name="/sweep", **sweep_args)
 out["served_sweep_status"] = served_sweep[0]
 out["asked_served"] = asked[-2:]
+# Stop: the sweep runs in the worker, Stop is served here; its mark reaches the worker
+import time  # noqa: E402
+
+long_sweep = api.submit(api_name="/sweep", **{**sweep_args, "sweep_kind": "schedule", "sweep_seeds": "0",
+                                                "sweep_entries": [str(e) for e in range(1, 10)],
+                                                "sweep_dirs": ["D→T", "T→D"], "sweep_masks": ["0", "1", "2"]})
+deadline = time.time() + 120
+while not long_sweep.outputs() and time.time() < deadline:
+    time.sleep(0.05)
+t0 = time.perf_counter()
+api.predict(api_name="/stop_sweep")
+while not long_sweep.done() and time.perf_counter() - t0 < 60:
+    time.sleep(0.02)
+out["stop_s"] = time.perf_counter() - t0
+out["stopped_status"] = long_sweep.outputs()[-1][0] if long_sweep.outputs() else None
 out["inputs"] = {f.api_name: [c.elem_id for c in f.inputs] for f in demo.fns.values()
                  if f.api_name in ("generate", "mask_gallery", "sweep")}
 

@@ -7,6 +7,7 @@ Every limit has a default that fits a 2-core CPU Space; README "Running it publi
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import html
 import os
 import shutil
@@ -147,19 +148,41 @@ class SweepStopped(Exception):
     """Raised inside a sweep's engine calls when its session pressed Stop."""
 
 
+class StopFlag(threading.Event):
+    """A sweep's stop flag: set in this process, or by the mark file Stop leaves in `marks` (a sweep that runs
+    in a forked ZeroGPU worker shares no memory with the process that serves Stop, only the disk)."""
+
+    def __init__(self, mark: Path | None = None):
+        super().__init__()
+        self.mark = mark
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self.mark is not None and self.mark.exists())
+
+
 class SweepLane:
     """The sweeps running now, by session, each with its stop flag.
 
-    A sweep calls `running(session)` around its work; Stop calls `stop(session)`, and the sweep's
+    A sweep calls `start(session)` / `finish` around its work; Stop calls `stop(session)`, and the sweep's
     per-scale callback (`check_stop`) then raises SweepStopped, so the engine stops within one scale.
+    With a `marks` folder, Stop also leaves a mark there, which reaches sweeps running in other processes.
     """
 
-    def __init__(self):
+    def __init__(self, marks: Path | None = None):
         self.lock = threading.Lock()
         self.flags: dict[str, list[threading.Event]] = {}
+        self.marks = marks
+
+    def _mark(self, session: str) -> Path | None:
+        if self.marks is None:
+            return None
+        return self.marks / f"{hashlib.sha256(str(session).encode()).hexdigest()[:16]}.stop"
 
     def start(self, session: str) -> threading.Event:
-        flag = threading.Event()
+        mark = self._mark(session)
+        if mark is not None:
+            mark.unlink(missing_ok=True)   # a Stop pressed before this sweep does not stop it
+        flag = StopFlag(mark)
         with self.lock:
             self.flags.setdefault(session, []).append(flag)
         return flag
@@ -171,13 +194,20 @@ class SweepLane:
                 flags.remove(flag)
             if not flags:
                 self.flags.pop(session, None)
+                mark = self._mark(session)
+                if mark is not None:
+                    mark.unlink(missing_ok=True)
 
     def stop(self, session: str) -> int:
-        """Ask every running sweep of `session` to stop; how many there were."""
+        """Ask every running sweep of `session` to stop (here and, with marks, in other processes); how
+        many run in this process."""
         with self.lock:
             flags = list(self.flags.get(session, []))
         for flag in flags:
             flag.set()
+        mark = self._mark(session)
+        if mark is not None:
+            mark.touch()
         return len(flags)
 
     def count(self, session: str | None = None) -> int:
@@ -264,4 +294,5 @@ class Host:
     @classmethod
     def create(cls, limits: Limits | None = None) -> "Host":
         limits = limits or limits_from_env()
-        return cls(limits, SweepLane(), SweepFiles(limits.cache_ttl))
+        files = SweepFiles(limits.cache_ttl)
+        return cls(limits, SweepLane(files.root), files)
