@@ -171,7 +171,8 @@ def run_seconds(shapes: PairShapes, device: DeviceClass, mode: str, batch: int =
     cfgs = {"draft": shapes.draft, "target": shapes.target}
     rows = 2 * int(batch)
     K = len(shapes.patch_nums)
-    calls = sum(device.call_seconds(cfgs[m], rows, n, kv) for m, n, kv in run_calls(shapes, mode, batch, gamma, schedule))
+    calls = sum(device.call_seconds(cfgs[m], rows, n, kv)
+                for m, n, kv in run_calls(shapes, mode, batch, gamma, schedule))
     decodes = device.decode_seconds(shapes.image_size, shapes.decoder_ch, batch * (K if previews else 1))
     return calls + K * device.step_s + decodes
 
@@ -271,7 +272,8 @@ def table(pairs: dict[str, PairShapes], device: DeviceClass = GPU_PRIOR) -> str:
     masks and the default sweep ask for, and the clicks each daily quota buys."""
     from .explore import DEFAULT_INPUTS, click_settings, sweep_configs   # the app's own defaults
 
-    rows = ["| pair | request | predicted s | requested s | anonymous (2 min) | free account (3.5 min) | PRO (25 min) |",
+    rows = ["| pair | request | predicted s | requested s | anonymous (2 min) | free account (3.5 min) "
+            "| PRO (25 min) |",
             "|---|---|---|---|---|---|---|"]
     for label, shapes in pairs.items():
         K = len(shapes.patch_nums)

@@ -102,7 +102,11 @@ def test_requests_follow_their_inputs(tiny):
     fixed = gb.generate_click(tiny, "speculative", click_settings({"gamma_auto": False, "gamma": 1}, K))
     assert auto.predicted_s > fixed.predicted_s            # γ auto pays the planner's calibration
     assert gb.generate_click(tiny, "target", {}).predicted_s < fixed.predicted_s
-    assert gb.generate_click(tiny, "target", {}, batch=8).predicted_s > gb.generate_click(tiny, "target", {}).predicted_s
+    one = gb.generate_click(tiny, "target", {}).predicted_s
+    assert gb.generate_click(tiny, "target", {}, batch=8).predicted_s > one
+    late, early = (gb.generate_click(tiny, "schedule", click_settings({"mode": "schedule", "entry_num": e}, K))
+                   for e in (8, 1))   # the draft makes 8 scales / 1 scale
+    assert late.predicted_s < early.predicted_s
     configs = sweep_configs("schedule", [2, 4], ["D→T"], [1], [], [], K)
     one, two = (gb.sweep(tiny, configs, seeds, 10).predicted_s for seeds in (1, 2))
     assert two > one

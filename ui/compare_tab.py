@@ -69,7 +69,8 @@ def wire(view: View, demo: gr.Blocks, bank, host: Host) -> None:
     holds up anyone's Generate; a session may have host.limits.sweeps_per_session sweeps queued or
     running (checked when one is queued). Stop ends this session's sweep within one scale."""
     listen(view, view.sweep_kind.change, on_sweep_kind, view, outputs=("sched_sweep", "spec_sweep"))
-    sweep = listen(view, view.sweep_btn.click, gpu_callback(on_sweep, sweep_budget, host.limits.gpu_max_seconds), bank, view, host, public="sweep",
+    run = gpu_callback(on_sweep, sweep_budget, host.limits.gpu_max_seconds)   # a GPU request on ZeroGPU
+    sweep = listen(view, view.sweep_btn.click, run, bank, view, host, public="sweep",
                    outputs=SWEEP_OUTPUTS, concurrency_id="sweep", concurrency_limit=host.limits.sweep_concurrency,
                    validator=admission(demo, "sweep", host.limits.sweeps_per_session, "sweep"),
                    show_progress_on=[view.sweep_plot])

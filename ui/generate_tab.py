@@ -116,7 +116,8 @@ def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]], limi
     listen(view, view.model.change, on_model, bank, view, public="select_model",
            outputs=("model", "model_md", "class_name", "class_id"))
     listen(view, view.mode.change, on_mode, view, outputs=("schedule_group", "spec_group"))
-    generated = listen(view, view.generate_btn.click, gpu_callback(on_generate, generate_budget, limits.gpu_max_seconds), bank, view, public="generate",
+    generate = gpu_callback(on_generate, generate_budget, limits.gpu_max_seconds)   # a GPU request on ZeroGPU
+    generated = listen(view, view.generate_btn.click, generate, bank, view, public="generate",
                        outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="generate",
                        concurrency_limit=limits.generate_concurrency,
                        validator=admission(demo, "generate", limits.generates_per_session, "Generate click"),

@@ -32,7 +32,8 @@ def build(view: View) -> None:
 
 def wire(view: View, demo: gr.Blocks, bank, limits: Limits) -> None:
     """Seven generations: in the Generate lane, counted in a session's Generate clicks."""
-    listen(view, view.gallery_btn.click, gpu_callback(on_gallery, gallery_budget, limits.gpu_max_seconds), bank, view, public="mask_gallery",
+    run = gpu_callback(on_gallery, gallery_budget, limits.gpu_max_seconds)   # a GPU request on ZeroGPU
+    listen(view, view.gallery_btn.click, run, bank, view, public="mask_gallery",
            outputs=GALLERY_OUTPUTS, concurrency_id="generate", concurrency_limit=limits.generate_concurrency,
            validator=admission(demo, "generate", limits.generates_per_session, "generation"),
            show_progress_on=[view.mask_gallery])
