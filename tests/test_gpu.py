@@ -265,6 +265,7 @@ def test_callbacks_under_the_real_zerogpu_wrappers(random_pair, demo):
     assert out["sweep_yields"] == out["sweep_rows"] == 3
     assert f"asked for {expected} s" in out["refusal"] and "exceeded your ZeroGPU quota" in out["refusal"]
     assert out["mask_view_after_refusal"] and not out["mask_view_asked_gpu"]
+    assert "schedule must be 10 letters D/T, got 'DDXTTTTTTT'" in out["worker_error"]   # raised in the worker
     # served through Gradio's queue (its own gr.Request and gr.Progress cross into the worker): same inputs
     # as off ZeroGPU, every output back, and the sweep asked for its own budget
     assert out["inputs"] == {f.api_name: [c.elem_id for c in f.inputs] for f in demo.fns.values()

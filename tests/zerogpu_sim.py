@@ -90,6 +90,13 @@ out["sweep_yields"] = len(rows)
 out["sweep_rows"] = int(len(rows[-1][view.last_sweep]))
 out["asked_sweep"] = asked[-1]
 
+# a bad input only the engine catches (in the worker) comes back as the same named message
+try:
+    fns["generate"](model="tiny", **{**inputs, "mode": "schedule", "schedule": "DDXTTTTTTT"})
+    out["worker_error"] = None
+except gr.Error as e:
+    out["worker_error"] = str(e.message)
+
 # served: Gradio's own queue injects gr.Request and gr.Progress, which must cross into the worker too
 from conftest import free_port  # noqa: E402
 from gradio_client import Client  # noqa: E402
