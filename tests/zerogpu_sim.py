@@ -39,7 +39,7 @@ def schedule(task_id, request=None, duration=None, gpu_size=None, **_):
     asked.append(duration.total_seconds())
     if refuse:
         raise zerogpu_error("ZeroGPU quota exceeded", refuse[0])
-    return ScheduleResponse(idle=False, nvidiaIndex=0, nvidiaUUID="cpu", allowToken="token")
+    return ScheduleResponse(idle=True, nvidiaIndex=0, nvidiaUUID="cpu", allowToken="token")   # workers reused
 
 
 client.schedule = schedule
