@@ -189,7 +189,7 @@ class SweepLane:
 
 def check_stop(flag: threading.Event):
     """An engine on_scale callback that raises SweepStopped once `flag` is set."""
-    def on_scale(done, total):
+    def on_scale(_done):
         if flag.is_set():
             raise SweepStopped()
     return on_scale
