@@ -120,9 +120,10 @@ def partial_trace(pair: Pair, settings: dict, records: list) -> Trace:
 
 
 def _streamed(run, stop: threading.Event, decide=None) -> Iterator:
-    """Run `run(on_scale)` (a generate call) in a worker thread: yields each ScaleDone (after `decide(ev)`,
-    which may decode its preview, in the worker), then the finished Trace. Setting `stop` ends the run
-    within one scale (ClickStopped); leaving the generator early sets it and waits for the worker."""
+    """Run `run(on_scale)` (a generate call) in a worker thread: yields lists of the ScaleDone events that
+    arrived since the last look (after `decide(ev)`, which may decode a preview, in the worker; a slow
+    consumer sees the newest scale, never falls behind), then the finished Trace. Setting `stop` ends
+    the run within one scale (ClickStopped); leaving the generator early sets it and waits for the worker."""
     updates: queue.Queue = queue.Queue()
 
     def on_scale(ev: ScaleDone) -> None:
@@ -143,15 +144,22 @@ def _streamed(run, stop: threading.Event, decide=None) -> Iterator:
     finished = False
     try:
         while True:
-            kind, value = updates.get()
-            if kind == "error":
-                finished = True
-                raise value
-            if kind == "done":
-                finished = True
-                yield value
-                return
-            yield value
+            items = [updates.get()]
+            while not updates.empty():
+                items.append(updates.get())
+            if stop.is_set():
+                raise ClickStopped()
+            scales = [value for kind, value in items if kind == "scale"]
+            if scales:
+                yield scales
+            for kind, value in items:
+                if kind == "error":
+                    finished = True
+                    raise value
+                if kind == "done":
+                    finished = True
+                    yield value
+                    return
     finally:
         if not finished:
             stop.set()
@@ -192,9 +200,12 @@ def stream_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict
                                          **{**settings, "progressive": previews == "all"})
     records, clock, info = [], [], main_settings(mode, class_id, seed, pair, settings)
     for value in _streamed(main_run, stop, decide):
-        if isinstance(value, ScaleDone):
-            records.append(value.record)
-            yield ClickUpdate("scale", {}, progress(names[mode], value, clock), value.done, total, event=value,
+        if isinstance(value, list):
+            records += [ev.record for ev in value]
+            for ev in value[:-1]:
+                clock.append(ev.seconds)
+            ev = value[-1]
+            yield ClickUpdate("scale", {}, progress(names[mode], ev, clock), ev.done, total, event=ev,
                               partial=partial_trace(pair, info, records))
         else:
             main = value
@@ -209,9 +220,12 @@ def stream_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict
                                                  progressive=False, **only)
             clock = []
             for value in _streamed(run, stop):
-                if isinstance(value, ScaleDone):
-                    yield ClickUpdate("comparison scale", dict(runs), progress(names[m], value, clock),
-                                      K * (1 + i) + value.done, total, cached=set(cached))
+                if isinstance(value, list):
+                    for ev in value[:-1]:
+                        clock.append(ev.seconds)
+                    ev = value[-1]
+                    yield ClickUpdate("comparison scale", dict(runs), progress(names[m], ev, clock),
+                                      K * (1 + i) + ev.done, total, cached=set(cached))
                 else:
                     trace = value
             if cache is not None:

@@ -147,7 +147,7 @@ class SweepStopped(Exception):
 
 
 class SweepLane:
-    """The sweeps running now, by session, each with its stop flag.
+    """The sweeps (or Generate clicks) running now, by session, each with its stop flag.
 
     A sweep calls `running(session)` around its work; Stop calls `stop(session)`, and the sweep's
     per-scale callback (`check_stop`) then raises SweepStopped, so the engine stops within one scale.
@@ -253,14 +253,15 @@ class SweepFiles:
 
 @dataclass
 class Host:
-    """What the served app shares between sessions besides the models: its limits, the sweep lane and
-    the folder of sweep CSVs."""
+    """What the served app shares between sessions besides the models: its limits, the sweep lane, the
+    folder of sweep CSVs and the running clicks."""
 
     limits: Limits
-    lane: SweepLane
+    lane: SweepLane       # running sweeps and their stop flags
     files: SweepFiles
+    clicks: SweepLane     # running Generate clicks and their stop flags
 
     @classmethod
     def create(cls, limits: Limits | None = None) -> "Host":
         limits = limits or limits_from_env()
-        return cls(limits, SweepLane(), SweepFiles(limits.cache_ttl))
+        return cls(limits, SweepLane(), SweepFiles(limits.cache_ttl), SweepLane())
