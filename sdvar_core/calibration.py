@@ -3,9 +3,9 @@
 `planner_for(pair, batch, settings)` gives the `planner.Planner` that generate(gamma="auto") uses
 (importing this module installs it as the engine's default). On first use for a (pair, device,
 precision, threads, batch) it times two calls of each model on random inputs — one scale (scale 0)
-and the window of scales 0..PRIOR_WINDOW on a fresh cache, after an untimed warm-up call — and the
-work between calls of every scale size on random logits: together well under a third of one plain
-generation. Each model's seconds per call then follow its FLOPs (`costprior.call_flops`, from the
+and the window of scales 0..PRIOR_WINDOW on a fresh cache, each after an untimed warm-up call of the
+same shapes (first calls pay for allocations and kernel choices) — and the work between calls of
+every scale size on random logits: together under a fifth of one plain generation. Each model's seconds per call then follow its FLOPs (`costprior.call_flops`, from the
 shapes), seconds ≈ a + θ·FLOPs(n, kv) = a + b·n + c·n·kv (n positions fed, kv keys after the call;
 the weights' bytes, read once per call, are in a). Every run the planner plans hands its trace back
 (`Planner.learn`): measured windows replace the prior, and once a model has ≥ 3 measured windows a
@@ -43,7 +43,7 @@ from .sampling import cfg_mix, guidance, probabilities, sample
 
 VERSION = 2
 EMA = 0.2                   # weight of a new run's timing in the running estimate
-PRIOR_WINDOW = 5            # the prior's second timed call feeds scales 0..PRIOR_WINDOW
+PRIOR_WINDOW = 4            # the prior's second timed call feeds scales 0..PRIOR_WINDOW
 MIN_FIT_WINDOWS = 3         # measured windows of a model before a fit over them replaces the prior
 OPTIMISTIC_PASS = 1.0       # the pass prior: try a draft where it could pay (see the module docstring)
 CALIBRATION_SEED = 7919
@@ -167,7 +167,7 @@ def calibrate(pair: Pair, batch: int, precision: str, log=None) -> Timings:
                 latents = torch.randn(batch, n - layout.sizes[0], cvae, device=device) if last else None
                 model.forward_window(model.embed_window(cond, 0, latents), cond, model.new_cache(), None, mods)
 
-            call(0)   # warm-up: first-call allocations and kernel choices
+            call(0), call(PRIOR_WINDOW)   # warm-up: first-call allocations and kernel choices of these shapes
             t_one, t_window = _seconds(lambda: call(0), device), _seconds(lambda: call(PRIOR_WINDOW), device)
             beta, gamma = flop_coefficients(model.cfg, 2 * batch)
             f_one = beta * layout.ends[0] + gamma * layout.ends[0] ** 2

@@ -9,10 +9,15 @@ hand-off settings reuses them). A stop flag, checked after every scale, ends the
 scale; so does closing the generator.
 
 Previews (`previews="budget"`): decoding the picture after a scale costs one VQ-VAE decode (a few
-ms for the embedded pair, about 1.5 s for the official 256 px VQ-VAE on a 2-core CPU in bf16). The
-first scale's is decoded; after that every scale's when the first took under CHEAP_PREVIEW_S, else
-only while previews have cost at most PREVIEW_SHARE of the run's own time so far; the other scales
-show their tokens only. `previews="all"` decodes every scale, "none" none (the final picture always).
+ms for the embedded pair, about 1.5 s for the official 256 px VQ-VAE on a 2-core CPU in bf16). A
+scale is announced first, its preview decoded after (the run's clock paused) and sent as the next
+update: the first scale's always; after that every scale's when the first took under
+CHEAP_PREVIEW_S, else only while previews have cost at most PREVIEW_SHARE of the run's own time so
+far; the other scales show their tokens only. `previews="all"` decodes every scale in the engine
+(every update has its picture), "none" none (the final picture always).
+
+With γ="auto" on a pair whose planner has no costs yet, the click first says it is calibrating and
+makes the cost prior (`calibration`), so the progress line tells what the wait is.
 """
 from __future__ import annotations
 
@@ -26,9 +31,9 @@ from typing import Iterator
 import numpy as np
 from scipy.optimize import nnls
 
-from .calibration import fingerprint
+from .calibration import fingerprint, planner_for, timings_for
 from .costprior import call_flops
-from .engine import Pair, ScaleDone, generate
+from .engine import Pair, ScaleDone, Settings, generate
 from .trace import Trace
 from .validate import check
 
@@ -58,6 +63,7 @@ class ClickUpdate:
     total: int
     event: ScaleDone | None = None
     partial: Trace | None = None      # stage 'scale': the chosen run's finalized scales so far
+    picture: np.ndarray | None = None  # stage 'scale': the newest preview (B, H, W, 3) in this update, if any
     cached: set = field(default_factory=set)
 
 
@@ -121,17 +127,18 @@ def partial_trace(pair: Pair, settings: dict, records: list) -> Trace:
 
 def _streamed(run, stop: threading.Event, decide=None) -> Iterator:
     """Run `run(on_scale)` (a generate call) in a worker thread: yields lists of the ScaleDone events that
-    arrived since the last look (after `decide(ev)`, which may decode a preview, in the worker; a slow
-    consumer sees the newest scale, never falls behind), then the finished Trace. Setting `stop` ends
-    the run within one scale (ClickStopped); leaving the generator early sets it and waits for the worker."""
+    arrived since the last look (a slow consumer sees the newest scale, never falls behind; an event comes
+    again once `decide(ev)`, called in the worker after the event is sent, decoded its preview), then the
+    finished Trace. Setting `stop` ends the run within one scale (ClickStopped); leaving the generator
+    early sets it and waits for the worker."""
     updates: queue.Queue = queue.Queue()
 
     def on_scale(ev: ScaleDone) -> None:
         if stop.is_set():
             raise ClickStopped()
-        if decide is not None:
-            decide(ev)
         updates.put(("scale", ev))
+        if decide is not None and decide(ev):
+            updates.put(("scale", ev))
 
     def work():
         try:
@@ -182,31 +189,44 @@ def stream_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict
     total, flops = K * (1 + len(jobs)), step_flops(pair)
     spent = {"previews": 0.0, "first": None}
 
-    def decide(ev: ScaleDone) -> None:   # the preview budget (module docstring)
-        if previews == "budget" and ev.image is None and ev.done < ev.total:   # the last one: the final decode
-            first = spent["first"]
-            if first is None or first < CHEAP_PREVIEW_S or spent["previews"] <= PREVIEW_SHARE * ev.seconds:
-                t = time.perf_counter()
-                ev.image = ev.decode()
-                spent["previews"] += time.perf_counter() - t
-                spent["first"] = spent["previews"] if first is None else first
+    def decide(ev: ScaleDone) -> bool:   # the preview budget (module docstring); True: decoded
+        if previews != "budget" or ev.image is not None or ev.done == ev.total:   # the last: the final decode
+            return False
+        first = spent["first"]
+        if first is None or first < CHEAP_PREVIEW_S or spent["previews"] <= PREVIEW_SHARE * ev.seconds:
+            t = time.perf_counter()
+            ev.image = ev.decode()
+            spent["previews"] += time.perf_counter() - t
+            spent["first"] = spent["previews"] if first is None else first
+            return True
+        return False
 
-    def progress(what: str, ev: ScaleDone, clock: list) -> str:
-        clock.append(ev.seconds)
+    def progress(what: str, events: list, clock: list) -> tuple[ScaleDone, str]:
+        """The newest event of a batch and the progress line; new scales' clocks go into `clock`."""
+        for ev in events:
+            if ev.done > len(clock):
+                clock.append(ev.seconds)
+        ev = max(events, key=lambda e: e.done)
         eta = eta_seconds(flops, clock)
-        return f"{what}, scale {ev.done}/{K}" + ("" if eta is None else f", about {eta:.0f} s left")
+        return ev, f"{what}, scale {ev.done}/{K}" + ("" if eta is None else f", about {eta:.0f} s left")
+
+    if mode == "speculative" and settings.get("gamma") == "auto":
+        if timings_for(pair, 1, settings.get("precision", "fp32")) is None:
+            yield ClickUpdate("calibrating", {}, "calibrating the γ planner", 0, total)
+        planner = planner_for(pair, 1, Settings(**{**settings, "progressive": False}))
+        settings = {**settings, "planner": planner}
 
     main_run = lambda on_scale: generate(pair, mode, [class_id], seed=seed, on_scale=on_scale,  # noqa: E731
                                          **{**settings, "progressive": previews == "all"})
-    records, clock, info = [], [], main_settings(mode, class_id, seed, pair, settings)
+    records, clock = [], []
+    info = main_settings(mode, class_id, seed, pair, {k: v for k, v in settings.items() if k != "planner"})
     for value in _streamed(main_run, stop, decide):
         if isinstance(value, list):
-            records += [ev.record for ev in value]
-            for ev in value[:-1]:
-                clock.append(ev.seconds)
-            ev = value[-1]
-            yield ClickUpdate("scale", {}, progress(names[mode], ev, clock), ev.done, total, event=ev,
-                              partial=partial_trace(pair, info, records))
+            records += [ev.record for ev in value if ev.done > len(records)]
+            ev, text = progress(names[mode], value, clock)
+            picture = next((e.image for e in sorted(value, key=lambda e: -e.done) if e.image is not None), None)
+            yield ClickUpdate("scale", {}, text, ev.done, total, event=ev, partial=partial_trace(pair, info, records),
+                              picture=picture)
         else:
             main = value
     runs, cached = {"main": main}, set()
@@ -221,11 +241,9 @@ def stream_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict
             clock = []
             for value in _streamed(run, stop):
                 if isinstance(value, list):
-                    for ev in value[:-1]:
-                        clock.append(ev.seconds)
-                    ev = value[-1]
-                    yield ClickUpdate("comparison scale", dict(runs), progress(names[m], ev, clock),
-                                      K * (1 + i) + ev.done, total, cached=set(cached))
+                    ev, text = progress(names[m], value, clock)
+                    yield ClickUpdate("comparison scale", dict(runs), text, K * (1 + i) + ev.done, total,
+                                      cached=set(cached))
                 else:
                     trace = value
             if cache is not None:

@@ -81,7 +81,9 @@ def _fill(model: torch.nn.Module, state: dict, device, precision: str = "fp32") 
     from the memory-mapped file), everything else (embeddings, norms, biases) in fp32."""
     low = matrix_keys(model) if precision != "fp32" else set()
     dtype = DTYPES[precision]
-    state = {k: (v.to(dtype) if k in low else v.float()) if v.is_floating_point() else v for k, v in state.items()}
+    # copies, never views: no tensor may keep the memory-mapped file alive (its pages would stay resident)
+    state = {k: v.to(dtype if k in low else torch.float32, copy=True) if v.is_floating_point() else v.clone()
+             for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()
 

@@ -129,3 +129,26 @@ def test_run_click_keeps_its_contract(random_pair):
     runs = explore.run_click(random_pair, "draft", 1, 2, SETTINGS, cache=None)
     assert runs["draft"] is runs["main"] and runs["target"].settings["mode"] == "target"
     assert all(s.image is not None for s in runs["main"].scales)
+
+
+def test_a_first_auto_click_says_it_calibrates_and_the_next_does_not(random_pair):
+    from sdvar_core import calibration
+
+    calibration.forget()
+    auto = {**SETTINGS, "gamma": "auto"}
+    first = [u.stage for u in stream_click(random_pair, "speculative", 1, 0, auto, cache=None, previews="none")]
+    assert first[0] == "calibrating" and first.count("calibrating") == 1
+    again = [u.stage for u in stream_click(random_pair, "speculative", 1, 1, auto, cache=None, previews="none")]
+    assert "calibrating" not in again   # the planner and its costs are kept
+    assert calibration.timings_for(random_pair, 1, "fp32") is not None
+    calibration.forget()
+
+
+def test_budget_previews_follow_their_scale(random_pair, monkeypatch):
+    """A scale is announced before its preview is decoded; the picture arrives in a later update."""
+    slow_engine(monkeypatch, 0.2, [])
+    updates = [u for u in stream_click(random_pair, "target", 2, 3, SETTINGS, cache=None, previews="budget")
+               if u.stage == "scale"]
+    assert updates[0].done == 1 and updates[0].picture is None
+    with_picture = [u for u in updates if u.picture is not None]
+    assert with_picture and with_picture[0].picture.shape == (1, 64, 64, 3)

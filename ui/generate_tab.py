@@ -211,7 +211,9 @@ def on_generate(bank, host: Host, view: View, request: gr.Request, *, model, pro
         for update in stream_click(pair, mode, cls, seed, settings, stop=flag):
             progress((update.done, update.total), desc=update.text)
             runs = update.runs or runs
-            if update.stage == "scale":
+            if update.stage == "calibrating":
+                yield {view.showing: f"Running: {title} — {update.text} (first γ auto run of this pair here) …"}
+            elif update.stage == "scale":
                 yield streamed_scale(view, update, title)
             elif update.stage == "main":
                 yield {**render_run(view, {"main": runs["main"]}, title, pair.class_names),
@@ -238,8 +240,8 @@ def streamed_scale(view: View, update, title: str) -> dict:
            view.wall: f"{ev.seconds:.2f} s so far", view.token_grid: viz.token_grid_figure(partial, k),
            view.scale_md: viz.scale_summary(partial, k),
            view.scale: gr.Slider(minimum=1, maximum=ev.total, value=ev.done, step=1)}
-    if ev.image is not None:
-        out[view.final_image] = viz.upscale(ev.image[0])
+    if update.picture is not None:
+        out[view.final_image] = viz.upscale(update.picture[0])
     return out
 
 
