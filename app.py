@@ -98,7 +98,7 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(view, tiny.layout.num_scales)
 
-        generate_tab.wire(view, demo, bank, bundles, host.limits)
+        generate_tab.wire(view, demo, bank, bundles, host)
         masks_tab.wire(view, demo, bank, host.limits)
         shapes_tab.wire(view)
         compare_tab.wire(view, demo, bank, host)

@@ -10,6 +10,7 @@ from .trace import Trace
 from .var import VAR
 from .vqvae import VQVAE
 from .zoo import load_official, load_pair
+from . import calibration  # noqa: F401,E402  (installs the γ planner's default for generate(gamma="auto"))
 
 __all__ = ["load_official", "load_pair", "generate", "Pair", "Settings", "Trace", "VAR", "VQVAE",
            "VARConfig", "VQVAEConfig", "preset"]

@@ -14,10 +14,11 @@ CAP_S) is refused with a message saying how to split or shrink it (`TooLong`, a 
 Call lists are the worst case of each mode: a speculative run with γ drafts γ scales every round and
 has every round rejected at its first scale (the target re-verifies a γ-scale window at every scale;
 on the H200 this is the measured "γ = 4, forced acceptance 0" pattern: 10 target and 34 draft calls).
-γ auto is priced as AUTO_GAMMA with every round rejected, plus the planner's first-use calibration:
-CALIBRATION_RUNS runs (today `calibration.calibrate`: a target-alone warm-up, four speculative runs and a
-hand-off), each priced as a γ = 1 run with every scale rejected (a draft and a target call per scale),
-which bounds each of them. On ZeroGPU every request may land on a fresh worker, so it is always counted.
+γ auto is priced as AUTO_GAMMA with every round rejected, plus the planner's first-use calibration
+(`calibration.calibrate`: two timed calls of each model after warm-ups of the same shapes, and the work
+between calls; under a fifth of one plain generation by its own account), priced as CALIBRATION_RUNS
+runs of γ = 1 with every scale rejected (a draft and a target call per scale). On ZeroGPU every request
+may land on a fresh worker, so it is always counted.
 
 Device classes (the numbers behind them: BENCHMARKS.md, cited in each):
 - H200: fitted to the H200 "Call patterns: var-d16 → var-d30" tables (bf16 autocast, batch 1 and 16):
@@ -46,7 +47,7 @@ FLOOR_S = 5           # never ask for less: a fresh ZeroGPU worker's start alone
 CAP_S = 120           # default cap: an anonymous visitor's whole daily ZeroGPU quota (hub docs: 2 minutes)
 ZEROGPU_MAX_S = 300   # the most one ZeroGPU call may request (ZeroGPU team, zero-gpu-explorers discussion #7)
 AUTO_GAMMA = 2        # γ auto is priced as this fixed γ with every round rejected
-CALIBRATION_RUNS = 6  # runs of the planner's first-use calibration (a warm-up and five; issue 19 shrinks it)
+CALIBRATION_RUNS = 1  # runs the planner's first-use calibration is priced as (see the module docstring)
 # Figures, tables and CSV drawn inside the request. A whole Generate click (its three runs included) takes
 # 0.91 s through the app on the 2-core CPU of BENCHMARKS.md ("Click → full view"), so its drawing is < 0.6 s.
 RENDER_S = {"generate": 0.6, "gallery": 0.4, "sweep_entry": 0.3}

@@ -57,6 +57,7 @@ def run_speculative(run) -> None:
                                       stale_scales=stale, plan=plan))
         if run.planner is not None:
             observe(run, drafted[:len(final)], passed)
+        run.finalize(last + 1)
         if s.adaptive_gamma:
             gamma = min(gamma + 1, run.K) if passed == len(drafted) else max(gamma - 1, 1) if passed == 0 else gamma
         start = last + 1

@@ -190,3 +190,51 @@ def test_bad_input_shows_error(page):
     assert "<img src=x" in message.inner_text()
     assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.pwned") is None
     page.screenshot(path=str(ARTIFACTS / "08-escaped.png"), full_page=True)
+
+
+@pytest.fixture
+def slow_stream(monkeypatch):
+    """Each finalized scale takes 0.7 s more (in the engine's worker): the random pair is too fast to watch."""
+    import time
+
+    from sdvar_core import click
+
+    real = click.generate
+
+    def slow(*args, on_scale=None, **kwargs):
+        def wrapped(ev):
+            time.sleep(0.7)
+            on_scale(ev)
+        return real(*args, on_scale=wrapped, **kwargs)
+    monkeypatch.setattr(click, "generate", slow)
+
+
+def test_token_grid_changes_while_a_run_streams_and_stop_ends_it(page, slow_stream):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Generate & inspect").click()
+    page.locator("#mode").get_by_text("target only").click()
+    box = page.locator("#class-name input")   # an earlier test may have left a bad class typed in
+    box.fill("circle")
+    box.press("Enter")
+    page.locator("#seed input").fill("21")
+    page.locator("#generate").click()
+    showing = page.locator("#showing")
+    grid = page.locator("#token-grid")
+    expect(showing).to_contain_text(re.compile(r"Running: .*seed 21 — target alone, scale [2-4]/10"), timeout=60_000)
+    first = re.search(r"(\d+)×\1 = \d+ tokens", grid.inner_text())
+    expect(showing).to_contain_text(re.compile(r"Running: .*seed 21 — target alone, scale [6-8]/10"), timeout=30_000)
+    expect(grid).to_contain_text(re.compile(r"the (6|8|10)×\1 = \d+ tokens"))   # the grid changed mid-run
+    assert first is None or first.group(1) in ("1", "2", "3", "4", "5"), first
+    page.screenshot(path=str(ARTIFACTS / "15-streaming.png"), full_page=True)
+    expect(page.locator("#summary")).to_contain_text("draft only took", timeout=60_000)   # comparisons done
+    expect(showing).to_have_text(re.compile(r"^\s*Showing: your run — target, \w+, seed 21\s*$"))
+
+    # Stop ends a streaming click within one scale
+    page.locator("#seed input").fill("22")
+    page.locator("#generate").click()
+    expect(showing).to_contain_text(re.compile(r"seed 22 — target alone, scale [23]/10"), timeout=60_000)
+    page.locator("#generate-stop").click()
+    expect(showing).to_contain_text(re.compile(r"Stopped: your run — target, \w+, seed 22"), timeout=30_000)
+    stopped_at = int(re.search(r"Scale (\d+)", page.locator("#scale-summary").inner_text()).group(1))
+    assert 2 <= stopped_at <= 4, stopped_at      # within one scale of the press (plus one in flight)

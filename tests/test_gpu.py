@@ -16,6 +16,7 @@ import app
 from sdvar_core import gpu_budget as gb
 from sdvar_core.explore import DEFAULT_INPUTS, PairBank, click_settings, default_pair_loader, sweep_configs
 from ui import compare_tab, generate_tab, gpu, mask_gallery
+from ui.common import View
 from ui.hosting import Host, Limits, limits_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def test_readme_states_the_table_the_module_prints(tiny):
 
 @pytest.fixture(scope="module")
 def demo(random_pair):
-    return app.build_demo(pair_loader=lambda key: random_pair, examples_dir=None)
+    return app.build_demo(pair_loader=lambda key, precision="fp32": random_pair, examples_dir=None)
 
 
 def underlying(block_fn):
@@ -179,7 +180,7 @@ def test_budgets_for_every_endpoint(bank, tiny):
     seen = {}
     for model in ("tiny", *OFFICIAL):
         for mode in ("speculative", "schedule", "target", "draft"):
-            p = gpu.generate_budget(bank, None, model=model, **{**inputs, "mode": mode})
+            p = gpu.generate_budget(bank, None, None, model=model, **{**inputs, "mode": mode})
             assert gb.FLOOR_S <= p.budget.seconds <= gb.CAP_S
             seen[(model, mode)] = p.budget.seconds
         assert seen[(model, "speculative")] > seen[(model, "target")]
@@ -190,11 +191,11 @@ def test_budgets_for_every_endpoint(bank, tiny):
                                                                         "sweep_masks": ["0", "1"], "cap": 300})
         assert gb.FLOOR_S <= g.budget.seconds and small.budget.seconds < big.budget.seconds <= 300
         assert "one seed asks for" in big.smaller
-    assert "embedded pair asks for" in gpu.generate_budget(bank, None, model="d16-d30", **inputs).smaller
+    assert "embedded pair asks for" in gpu.generate_budget(bank, None, None, model="d16-d30", **inputs).smaller
     assert seen[("tiny", "speculative")] < seen[("d16-d30", "speculative")]
     assert "d16-d30" not in bank.pairs   # priced from the presets: nothing loaded
     with pytest.raises(ValueError, match="seed"):
-        gpu.generate_budget(bank, None, model="tiny", **{**inputs, "seed": -1})
+        gpu.generate_budget(bank, None, None, model="tiny", **{**inputs, "seed": -1})
     huge = {**sweep, "sweep_seeds": "0-7", "sweep_entries": [str(e) for e in range(1, 10)],
             "sweep_masks": [str(m) for m in range(6)]}
     with pytest.raises(gb.TooLong, match="split it into"):
@@ -239,8 +240,8 @@ def test_decorated_generate_runs_on_a_cpu_outside_spaces():
     assert gpu.spaces is spaces and not gpu.on_zerogpu()
     demo = app.build_demo(examples_dir=None)   # the embedded pair from assets/
     f = next(f for f in demo.fns.values() if f.api_name == "generate")
-    view = f.fn.__wrapped__.args[1]
-    out = f.fn(model="tiny", **{**DEFAULT_INPUTS, "mode": "schedule"})
+    view = next(a for a in f.fn.__wrapped__.args if isinstance(a, View))
+    *_, out = f.fn(gr.Request(session_hash="cpu"), model="tiny", **{**DEFAULT_INPUTS, "mode": "schedule"})
     assert out[view.final_image].shape[:2] == out[view.target_image].shape[:2] == (256, 256)
     assert out[view.target_calls] == 6 and out[view.draft_calls] == 4   # entry_num 4: 4 draft + 6 target scales
 

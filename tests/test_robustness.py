@@ -191,12 +191,12 @@ def test_a_session_queues_at_most_two_generates(served, monkeypatch):
     from gradio_client import Client
 
     demo, url = served
-    run_click = generate_tab.run_click
+    stream_click = generate_tab.stream_click
 
     def slow_click(*args, **kwargs):   # the random pair is fast: make a click outlast the four submissions
         time.sleep(3.0)
-        return run_click(*args, **kwargs)
-    monkeypatch.setattr(generate_tab, "run_click", slow_click)
+        yield from stream_click(*args, **kwargs)
+    monkeypatch.setattr(generate_tab, "stream_click", slow_click)
     c = Client(url, verbose=False)
     args = {**explore.DEFAULT_INPUTS, "class_name": "circle", "mode": "speculative"}
     jobs = []

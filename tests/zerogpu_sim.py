@@ -54,27 +54,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import app  # noqa: E402
 from conftest import build_random_pair  # noqa: E402
 from sdvar_core.explore import DEFAULT_INPUTS  # noqa: E402
+from ui.common import View  # noqa: E402
 
 import ui.generate_tab  # noqa: E402
 
-run_click = ui.generate_tab.run_click
+stream_click = ui.generate_tab.stream_click
 
 
-def run_click_noting_pid(*args, **kwargs):   # the process the runs were made in, carried back in the trace
-    runs = run_click(*args, **kwargs)
-    runs["main"].settings["pid"] = os.getpid()
-    return runs
+def stream_click_noting_pid(*args, **kwargs):   # the process the runs were made in, carried back in the trace
+    for update in stream_click(*args, **kwargs):
+        if update.runs and "main" in update.runs:
+            update.runs["main"].settings["pid"] = os.getpid()
+        yield update
 
 
-ui.generate_tab.run_click = run_click_noting_pid
+ui.generate_tab.stream_click = stream_click_noting_pid
 pair = build_random_pair("zerogpu-sim")
-demo = app.build_demo(pair_loader=lambda key: pair, examples_dir=None)
+demo = app.build_demo(pair_loader=lambda key, precision="fp32": pair, examples_dir=None)
 fns = {f.api_name: f.fn for f in demo.fns.values() if f.api_name}
-view = fns["generate"].__wrapped__.args[1]
+view = next(a for a in fns["generate"].__wrapped__.args if isinstance(a, View))
 out = {}
 
 inputs = dict(DEFAULT_INPUTS, class_name=pair.class_names[3], mode="speculative")
-result = fns["generate"](model="tiny", **inputs)
+*_, result = fns["generate"](gr.Request(session_hash="sim"), model="tiny", **inputs)   # the last: every output
 components = [v for v in vars(view).values() if isinstance(v, gr.blocks.Block)]
 out["generate_keys_are_the_views_components"] = all(any(k is c for c in components) for k in result)
 out["generate_image_shape"] = list(result[view.final_image].shape)
@@ -92,7 +94,8 @@ out["asked_sweep"] = asked[-1]
 
 # a bad input only the engine catches (in the worker) comes back as the same named message
 try:
-    fns["generate"](model="tiny", **{**inputs, "mode": "schedule", "schedule": "DDXTTTTTTT"})
+    list(fns["generate"](gr.Request(session_hash="sim"), model="tiny",
+                         **{**inputs, "mode": "schedule", "schedule": "DDXTTTTTTT"}))
     out["worker_error"] = None
 except gr.Error as e:
     out["worker_error"] = str(e.message)
@@ -134,7 +137,7 @@ out["inputs"] = {f.api_name: [c.elem_id for c in f.inputs] for f in demo.fns.val
 
 refuse.append("You have exceeded your ZeroGPU quota (10s requested vs. 3s left). Try again in 0:05:00.")
 try:
-    fns["generate"](model="tiny", **inputs)
+    list(fns["generate"](gr.Request(session_hash="sim"), model="tiny", **inputs))
     out["refusal"] = None
 except gr.Error as e:
     out["refusal"] = str(e.message)

@@ -251,7 +251,8 @@ def _smaller(bank, model, text: str, **kw) -> str:
     return ("A smaller request: " + "; ".join(parts) + ".") if parts else ""
 
 
-def generate_budget(bank, view, *, model, cap: int = gpu_budget.CAP_S, progress=None, **inputs) -> Priced:
+def generate_budget(bank, host, view, request=None, *, model, cap: int = gpu_budget.CAP_S, progress=None,
+                    **inputs) -> Priced:
     """A Generate click: the chosen mode with its settings, the target alone, the draft alone. Its inputs
     are checked as the callback checks them, so a bad one never asks for a GPU."""
     shapes = shapes_of(bank, model)

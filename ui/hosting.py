@@ -161,7 +161,7 @@ class StopFlag(threading.Event):
 
 
 class SweepLane:
-    """The sweeps running now, by session, each with its stop flag.
+    """The sweeps (or Generate clicks) running now, by session, each with its stop flag.
 
     A sweep calls `start(session)` / `finish` around its work; Stop calls `stop(session)`, and the sweep's
     per-scale callback (`check_stop`) then raises SweepStopped, so the engine stops within one scale.
@@ -172,6 +172,8 @@ class SweepLane:
         self.lock = threading.Lock()
         self.flags: dict[str, list[threading.Event]] = {}
         self.marks = marks
+        if marks is not None:
+            marks.mkdir(parents=True, exist_ok=True)
 
     def _mark(self, session: str) -> Path | None:
         if self.marks is None:
@@ -220,7 +222,7 @@ class SweepLane:
 
 def check_stop(flag: threading.Event):
     """An engine on_scale callback that raises SweepStopped once `flag` is set."""
-    def on_scale(done, total):
+    def on_scale(_done):
         if flag.is_set():
             raise SweepStopped()
     return on_scale
@@ -284,15 +286,16 @@ class SweepFiles:
 
 @dataclass
 class Host:
-    """What the served app shares between sessions besides the models: its limits, the sweep lane and
-    the folder of sweep CSVs."""
+    """What the served app shares between sessions besides the models: its limits, the sweep lane, the
+    folder of sweep CSVs and the running clicks."""
 
     limits: Limits
-    lane: SweepLane
+    lane: SweepLane       # running sweeps and their stop flags
     files: SweepFiles
+    clicks: SweepLane     # running Generate clicks and their stop flags
 
     @classmethod
     def create(cls, limits: Limits | None = None) -> "Host":
         limits = limits or limits_from_env()
-        files = SweepFiles(limits.cache_ttl)
-        return cls(limits, SweepLane(files.root), files)
+        files = SweepFiles(limits.cache_ttl)   # Stop's marks live beside the CSVs (see SweepLane)
+        return cls(limits, SweepLane(files.root / "sweep-stops"), files, SweepLane(files.root / "click-stops"))
