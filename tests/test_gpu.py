@@ -311,3 +311,17 @@ def test_stop_reaches_a_sweep_in_a_forked_worker(tmp_path):
     assert not list(tmp_path.glob("*.stop"))   # the sweep's end removed the mark
     again = lane.start("session-1")             # and a new sweep is not stopped by an old Stop
     assert not again.is_set()
+
+
+def test_generate_stop_and_sweep_stop_leave_separate_marks():
+    host = Host.create(Limits())
+    try:
+        assert host.lane.marks != host.clicks.marks
+        assert {host.lane.marks.parent, host.clicks.marks.parent} == {host.files.root}
+        sweep = host.lane.start("session-1")
+        host.clicks.stop("session-1")          # Stop of a Generate click
+        assert not sweep.is_set()              # leaves the session's sweep running
+        host.lane.stop("session-1")
+        assert sweep.is_set()
+    finally:
+        host.files.remove()
