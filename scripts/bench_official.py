@@ -5,7 +5,9 @@ project's code in the official key layout: no download), serves `app.py --weight
 fresh planner cache, and measures with gradio_client: picking the pair; the first click (speculative,
 γ auto, bf16): time to the first streamed scale and to the end; a second click that changes only γ
 (auto → 1); a target-alone click of another seed, whose run time is one plain target-alone
-generation; the app's resident memory with the pair loaded and its peak.
+generation; the app's resident memory with the pair loaded and its peak. Then, in this process with
+the app gone, the γ planner's first use (`calibration.calibrate`, the cost prior) against one plain
+target-alone generation, each after a warm-up generation.
 
     PYTHONPATH=. python scripts/bench_official.py [--weights DIR] [--draft 16] [--target 20] [--threads N]
 """
@@ -76,6 +78,22 @@ def timed_click(client, inputs: dict) -> dict:
             "summary": out["summary"], "outputs": len(job.outputs())}
 
 
+def prior_vs_generation(weights: str, draft: int, target: int, threads: int) -> tuple[float, float]:
+    """(seconds of the planner's cost prior, seconds of one target-alone generation), in this process."""
+    import torch
+
+    from sdvar_core import calibration, generate, zoo
+
+    torch.set_num_threads(threads)
+    pair = zoo.load_pair(draft_depth=draft, target_depth=target, weights_dir=weights, device="cpu", precision="bf16")
+    generate(pair, "target", [207], seed=5, precision="bf16", progressive=False)   # warm-up
+    t = time.perf_counter()
+    calibration.calibrate(pair, 1, "bf16")
+    prior = time.perf_counter() - t
+    gen = generate(pair, "target", [207], seed=6, precision="bf16", progressive=False).trace.timings["total"]
+    return prior, gen
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default=str(Path(tempfile.gettempdir()) / "sdvar-official-random"))
@@ -137,6 +155,9 @@ def main(argv=None) -> None:
     print(f"streamed outputs per click: {first['outputs']}, {second['outputs']}, {plain['outputs']}")
     print("first click:", re.sub(r"\s+", " ", first["summary"])[:400])
     print("second click:", re.sub(r"\s+", " ", second["summary"])[:400])
+    prior, gen = prior_vs_generation(args.weights, args.draft, args.target, args.threads)
+    print(f"in-process: the γ planner's cost prior {prior:.2f} s, one target-alone generation {gen:.2f} s "
+          f"→ {prior / gen:.2f} of a generation")
 
 
 if __name__ == "__main__":
