@@ -16,7 +16,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from . import economics, masks, viz, viz_teach
 from .config import ScaleLayout
-from .trace import ACCEPTED, STATUS_NAMES, Trace
+from .trace import ACCEPTED, INPUT, STATUS_NAMES, Trace
 
 SIZE = (10, 5.2)       # inches: a 16:9 slide's content area
 STATUS_CMAP = ListedColormap([viz.STATUS_COLORS[c] for c in sorted(viz.STATUS_COLORS)])
@@ -51,7 +51,7 @@ def token_grid(trace: Trace, scale: int, sample: int = 0) -> Figure:
     if rec.image is not None:
         ax_img.imshow(rec.image[sample], extent=(-0.5, rec.pn - 0.5, rec.pn - 0.5, -0.5), interpolation="nearest")
     ax_img.set_title(f"picture after scale {viz.scale_label(trace.patch_nums, scale)}")
-    ax_grid.imshow(z, cmap=STATUS_CMAP, vmin=-0.5, vmax=3.5, interpolation="nearest")
+    ax_grid.imshow(z, cmap=STATUS_CMAP, vmin=-0.5, vmax=viz.STATUS_MAX, interpolation="nearest")
     if rec.pn <= 16:
         ax_grid.set_xticks(np.arange(-0.5, rec.pn, 1), minor=True)
         ax_grid.set_yticks(np.arange(-0.5, rec.pn, 1), minor=True)
@@ -60,7 +60,8 @@ def token_grid(trace: Trace, scale: int, sample: int = 0) -> Figure:
     for ax in (ax_img, ax_grid):
         _clean(ax, keep_spines=False)
         ax.tick_params(which="both", length=0)
-    handles = [Patch(color=viz.STATUS_COLORS[c], label=f"{n} ({int((z == c).sum())})") for c, n in STATUS_NAMES.items()]
+    handles = [Patch(color=viz.STATUS_COLORS[c], label=f"{n} ({int((z == c).sum())})") for c, n in STATUS_NAMES.items()
+               if c != INPUT or (z == c).any()]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False)
     return fig
 
