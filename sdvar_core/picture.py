@@ -151,7 +151,7 @@ def fit(image: np.ndarray, size: int) -> tuple[np.ndarray, str]:
         steps.append(f"resized to {size}×{size} (Lanczos)")
     if len(steps) == 1:
         steps.append("used as is")
-    return np.ascontiguousarray(image), " → ".join(steps)
+    return np.array(image, dtype=np.uint8), " → ".join(steps)   # a writable copy
 
 
 # ---- encoding ----------------------------------------------------------------------------------
