@@ -64,6 +64,13 @@ def _open(source) -> Image.Image:
         raise ValueError(f"the picture is too large; the limit is {MAX_PIXELS:,} pixels") from None
 
 
+def _has_transparency(im: Image.Image) -> bool:
+    """Whether any pixel of the (decoded) image is not fully opaque."""
+    if "A" not in im.getbands() and "transparency" not in im.info and im.mode not in ("PA", "La", "RGBa"):
+        return False
+    return bool(np.asarray(im.convert("RGBA"))[..., 3].min() < 255)
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Any single-frame PIL image → RGB: 16-bit scaled, palette/CMYK/grey converted, alpha on BACKGROUND."""
     if im.mode == "F":
@@ -123,14 +130,14 @@ def load_image(source) -> Loaded:
             notes.append(f"animated ({frames} frames): the first frame is used")
         mode = im.mode
         try:
+            transparent = _has_transparency(im)
             rgb = _to_rgb(im)
         except (OSError, SyntaxError, ValueError) as e:
             if isinstance(e, ValueError) and "mode F" in str(e):
                 raise
             raise ValueError(f"the picture file is damaged or truncated ({type(e).__name__})") from None
-        if mode not in ("RGB",):
-            notes.append(f"mode {mode} converted to RGB" + (" (transparency flattened on white)"
-                                                          if "A" in mode or "transparency" in im.info else ""))
+        if mode not in ("RGB", "RGBA") or transparent:   # an opaque RGBA (a canvas export) needs no word
+            notes.append(f"mode {mode} converted to RGB" + (" (transparency flattened on white)" if transparent else ""))
         return Loaded(np.asarray(rgb, dtype=np.uint8).copy(), notes)
     finally:
         if im is not source:
@@ -152,6 +159,32 @@ def fit(image: np.ndarray, size: int) -> tuple[np.ndarray, str]:
     if len(steps) == 1:
         steps.append("used as is")
     return np.array(image, dtype=np.uint8), " → ".join(steps)   # a writable copy
+
+
+def load_painted(source) -> np.ndarray:
+    """The painted pixels of a brush layer (a transparent image with strokes; same checks as `load_image`)
+    → (H, W) bool, True where anything was painted (alpha > 0)."""
+    im = source if isinstance(source, Image.Image) else _open(source)
+    try:
+        _check_size(*im.size)
+        try:
+            return np.asarray(im.convert("RGBA"))[..., 3] > 0
+        except (OSError, SyntaxError, ValueError):
+            raise ValueError("the painted layer is damaged or truncated") from None
+    finally:
+        if im is not source:
+            im.close()
+
+
+def fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A (H, W) bool mask cropped and resized like its picture (`fit`) → (size, size) bool: a pixel is set
+    when at least half of what it covers was."""
+    m = np.asarray(mask, dtype=bool)
+    h, w = m.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    grey = Image.fromarray((m[top:top + side, left:left + side] * 255).astype(np.uint8))
+    return np.asarray(grey.resize((size, size), Image.Resampling.BOX)) >= 128
 
 
 # ---- encoding ----------------------------------------------------------------------------------

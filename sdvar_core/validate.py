@@ -119,7 +119,7 @@ RULES: dict[str, Rule] = {
     "class_id": Rule("int", 0, "last_class"),
     # a picture (generate's prefix / keep_mask; the "Your picture" tab)
     "prefix_scales": Rule("int", 0, "num_scales"),
-    "picture_mode": Rule("choice", choices=MODES),
+    "picture_mode": Rule("choice", choices=("target", "draft", "speculative", "relaxed", "schedule")),
     "picture_task": Rule("choice", choices=("continue", "inpaint")),
     "picture_example": Rule("choice", choices="choices"),
     "pyramid_scale": Rule("int", 1, "num_scales"),

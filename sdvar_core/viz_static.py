@@ -302,3 +302,31 @@ def frontier(df: pd.DataFrame, metric: str | None = None) -> Figure:
     ax.legend(loc="best", frameon=False, fontsize=9)
     _clean(ax)
     return fig
+
+
+# ---- your own picture -----------------------------------------------------------------------------
+
+def pyramid(pyr) -> Figure:
+    """A picture's token pyramid (`picture.Pyramid`), the twin of `viz_picture.pyramid_figure`: per scale
+    (columns) the token map, the picture rebuilt from scales 1..k, what scale k added and the residual it
+    quantised; headings give PSNR, SSIM and the share of the energy."""
+    from .viz_picture import ROWS, RESIDUAL_SCALE, TOKEN_SCALE
+
+    K = len(pyr.tokens)
+    fig = _figure((max(10, 1.3 * K), 6.2))
+    axes = fig.subplots(len(ROWS), K, squeeze=False)
+    V = max(int(max(t.max() for t in pyr.tokens)), 1)
+    vmax = float(pyr.residual.max()) or 1.0
+    for k in range(K):
+        axes[0, k].imshow(pyr.tokens[k], cmap=TOKEN_SCALE.lower(), vmin=0, vmax=V, interpolation="nearest")
+        axes[1, k].imshow(pyr.rebuilt[k], interpolation="nearest")
+        axes[2, k].imshow(pyr.added[k], interpolation="nearest")
+        axes[3, k].imshow(pyr.residual[k], cmap=RESIDUAL_SCALE.lower(), vmin=0, vmax=vmax, interpolation="nearest")
+        axes[0, k].set_title(f"{viz.scale_label(pyr.patch_nums, k)}\n{pyr.psnr_db[k]:.1f} dB · SSIM {pyr.ssim[k]:.2f}"
+                             f"\n{pyr.energy_share[k]:.0%} energy", fontsize=7)
+        for r in range(len(ROWS)):
+            _clean(axes[r, k], keep_spines=False)
+    for r, text in enumerate(ROWS):
+        axes[r, 0].set_ylabel(text, fontsize=8)
+    fig.suptitle("Your picture through the pair's scales" + (f" ({pyr.resize})" if pyr.resize else ""), fontsize=10)
+    return fig
