@@ -190,3 +190,47 @@ def test_bad_input_shows_error(page):
     assert "<img src=x" in message.inner_text()
     assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.pwned") is None
     page.screenshot(path=str(ARTIFACTS / "08-escaped.png"), full_page=True)
+
+
+def test_your_picture(page, tmp_path):
+    """Upload a PNG: its pyramid; continue from scale 4: the result beside the input and the run's views;
+    paint a band and in-paint it: acceptance inside the region."""
+    from playwright.sync_api import expect
+    from PIL import Image
+
+    from sdvar_core import data
+
+    Image.fromarray(data.make_images([3], 11, size=96)[0]).save(tmp_path / "star.png")
+    expect(page.locator("#showing")).to_contain_text(EXAMPLE_TITLE, timeout=120_000)   # the page is up
+    page.get_by_role("tab", name="Your picture").click()
+    page.locator("#own-image input[type=file]").set_input_files(str(tmp_path / "star.png"))
+    try:   # the upload shows the pyramid by itself ...
+        expect(page.locator("#picture-md")).to_contain_text("96×96 → resized to 64×64", timeout=45_000)
+    except AssertionError:   # ... but on a loaded machine the editor's upload event has been seen to go missing
+        page.locator("#pyramid-btn").click()
+        expect(page.locator("#picture-md")).to_contain_text("96×96 → resized to 64×64", timeout=60_000)
+    page.locator("#pyramid .js-plotly-plot .main-svg").first.wait_for()
+    assert "Your picture through the pair's scales" in plot_title(page, "pyramid")
+    expect(page.locator("#prefix-scales input[type=number]")).to_have_value("4")
+    page.locator("#picture-run").click()
+    expect(page.locator("#picture-summary")).to_contain_text("first 4 of 10 scales", timeout=90_000)
+    expect(page.locator("#picture-result img")).to_be_visible()
+    expect(page.locator("#picture-input img")).to_be_visible()
+    page.locator("#picture-acceptance .js-plotly-plot .main-svg").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "15-picture-continue.png"), full_page=True)
+
+    editor = page.locator("#own-image")
+    editor.scroll_into_view_if_needed()
+    box = page.locator("#own-image canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for dy in (-15, 0, 15):   # a band across the picture's middle, with the editor's brush
+        page.mouse.move(cx - 60, cy + dy)
+        page.mouse.down()
+        page.mouse.move(cx + 60, cy + dy, steps=12)
+        page.mouse.up()
+    page.wait_for_timeout(1500)   # the editor sends its layer after the stroke
+    page.locator("#picture-task").get_by_text("in-paint the painted region").click()
+    page.locator("#picture-run").click()
+    expect(page.locator("#picture-summary")).to_contain_text("outside the painted region", timeout=90_000)
+    expect(page.locator("#picture-scale-md")).to_contain_text("from your picture")
+    page.screenshot(path=str(ARTIFACTS / "16-picture-inpaint.png"), full_page=True)
