@@ -163,8 +163,8 @@ def scale_summary(trace: Trace, scale: int, sample: int = 0) -> str:
     z = status_grid(trace, k, sample)
     rec = trace.scales[k]
     parts = [f"{int((z == code).sum())} {name}" for code, name in STATUS_NAMES.items() if (z == code).any()]
-    who = {"draft": "the draft alone", "target": "the target alone",
-           "draft+target": "the draft, verified by the target"}.get(rec.producer, rec.producer)
+    who = {"draft": "the draft alone", "target": "the target alone", "draft+target": "the draft, verified by the "
+           "target", "input": "your picture (its prefix)"}.get(rec.producer, rec.producer)
     line = f"**Scale {scale_label(trace.patch_nums, k)}** ({z.size} tokens), made by {who}: " + ", ".join(parts) + "."
     if rec.stale:
         line += " Judged against a stale condition (relaxed mode)."

@@ -121,3 +121,29 @@ def test_a_256_px_pair_in_the_official_layout():
     assert all(np.array_equal(tr.scales[k].tokens[0], enc.tokens[k].reshape(-1)) for k in range(4))
     assert np.array_equal(tr.scales[9].tokens[0].reshape(16, 16)[8:], enc.tokens[9][8:])
     assert tr.images.shape == (1, 256, 256, 3)
+
+
+def test_pyramid_figures_and_the_export(random_pair):
+    """The plotly pyramid (tokens and residuals as heatmaps, pictures as images, headings with PSNR) and its
+    matplotlib twin in the teaching-figure export."""
+    from sdvar_core.figures import export_zip, static_figures
+    from sdvar_core.viz_picture import outlined, pyramid_curves_figure, pyramid_figure
+
+    pyr = pyramid(random_pair, encode_image(random_pair, data.make_images([5], 2)[0]))
+    fig = pyramid_figure(pyr)
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heat) == 20 and len([t for t in fig.data if t.type == "image"]) == 20
+    assert np.array_equal(np.asarray(heat[2].z), pyr.tokens[1])          # scale 2's token map, as drawn
+    titles = [a.text for a in fig.layout.annotations]
+    assert any(t.startswith("<b>10 · 16×16</b><br>" + f"{pyr.psnr_db[-1]:.1f} dB") for t in titles)
+    curves = pyramid_curves_figure(pyr)
+    assert np.allclose(curves.data[1].y, pyr.psnr_db)
+    figs, _ = static_figures(None, pyramid=pyr)
+    assert "pyramid" in figs and len(figs["pyramid"].axes) == 40
+    import zipfile
+    with zipfile.ZipFile(io.BytesIO(export_zip({"pyramid": figs["pyramid"]}, ("png",)))) as z:
+        assert z.namelist() == ["pyramid.png"]
+    mask = np.ones((64, 64), bool)
+    mask[20:40, 20:40] = False
+    ring = outlined(pyr.input, mask)
+    assert (ring[20, 20:40] == (213, 94, 0)).all() and np.array_equal(ring[30, 30], pyr.input[30, 30])
