@@ -224,7 +224,8 @@ def run_summary(main, target, task: str, k: int, label: str) -> str:
     h = headline(main, target)
     K = len(main.scales)
     what = (f"kept your picture's first **{k}** of {K} scales" if task == "continue" else
-            f"kept your picture outside the painted region at every scale (and its first {k} scales whole)")
+            "kept your picture outside the painted region at every scale"
+            + (f" (and its first {k} scales whole)" if k else ""))
     lines = [f"**{main.settings['mode']}** as **{label}**, seed {main.settings['seed']}: {what}."]
     if not main.calls:
         lines.append("Nothing was left to generate: the result is your picture's reconstruction.")
