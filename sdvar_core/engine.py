@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import masks
+from .picture import context as picture_context
 from .runtime import autocast_for, autocast_session
 from .sampling import cfg_mix, guidance, probabilities, sample, smooth_weights
 from .trace import DRAFT, INPUT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
@@ -348,8 +349,7 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     class_ids = [check("class_id", c, num_classes=pair.num_classes) for c in list(class_ids)]
     device = pair.target.device
     class_ids = torch.as_tensor(class_ids, dtype=torch.long, device=device)
-    from .picture import context
-    picture = context(pair, prefix, prefix_scales, keep_mask)
+    picture = picture_context(pair, prefix, prefix_scales, keep_mask)
     auto = mode == "speculative" and s.gamma == "auto"
     if planner is not None and not auto:
         raise ValueError("planner applies to speculative mode with gamma='auto' only")

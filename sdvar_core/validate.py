@@ -122,7 +122,6 @@ RULES: dict[str, Rule] = {
     "picture_mode": Rule("choice", choices=("target", "draft", "speculative", "relaxed", "schedule")),
     "picture_task": Rule("choice", choices=("continue", "inpaint")),
     "picture_example": Rule("choice", choices="choices"),
-    "pyramid_scale": Rule("int", 1, "num_scales"),
     # the explorer's inputs
     "class_name": Rule("choice", choices="choices"),
     "model": Rule("choice", choices="choices"),

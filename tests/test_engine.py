@@ -285,6 +285,13 @@ def test_more_smooth_uses_the_soft_codebook_mixture(models):
     assert tr.draft_calls == 4 and tr.target_calls == 6
     with pytest.raises(ValueError, match="more_smooth"):
         generate(pair, "speculative", [0], seed=0, more_smooth=True)
+    # in-painting with the soft mixture: kept cells use the picture's codebook vector (a one-hot weight)
+    pic = encode_image(pair, data.make_images([2], 0)[0])
+    keep = np.zeros((64, 64), dtype=bool)
+    keep[:, :32] = True
+    soft = generate(pair, "target", [0], seed=3, more_smooth=True, prefix=pic, keep_mask=keep, progressive=False).trace
+    for rec, grid in zip(soft.scales, keep_grids(keep, pair.layout.patch_nums)):
+        assert np.array_equal(rec.tokens[0][grid.reshape(-1)], pic.tokens[rec.scale].reshape(-1)[grid.reshape(-1)])
 
 
 def test_exact_mode_matches_target_only_at_the_last_scale():
@@ -460,6 +467,8 @@ def test_picture_tokens_stay_in_every_mode(models, mode, kw):
             assert tr.scales[j].producer == "input" and (tr.scales[j].status == INPUT).all()
         assert all(c.scales[-1] >= k for c in tr.calls) and all(c.scales[0] == 0 for c in tr.calls[:1])
         assert len(tr.calls) == 0 if k == 10 else min(c.scales[0] for c in tr.calls) == 0
+        if k == 0 and kw.get("gamma") != "auto":   # k = 0 is a normal run (the history planner has a memory)
+            assert same_tokens(tr, generate(pair, mode, [0, 2], seed=5, progressive=False, **kw).trace)
     mask = np.zeros((64, 64), dtype=bool)
     mask[:, :40] = True                                   # keep the left 40 columns, paint the rest
     tr = generate(pair, mode, [0, 2], seed=5, prefix=pic, prefix_scales=2, keep_mask=mask, progressive=False, **kw).trace
@@ -493,3 +502,19 @@ def test_keep_mask_grids_and_bad_picture_arguments(models):
                       (dict(prefix=[t + 100 for t in pic.tokens], prefix_scales=2), "token ids")):
         with pytest.raises(ValueError, match=match):
             generate(pair, "target", [0], seed=0, **kw)
+
+
+def test_the_judge_counts_only_generated_tokens():
+    """A kept (picture) token counts as accepted and is not judged: τ applies to the generated tokens."""
+    class KeptRun:
+        def kept(self, k):
+            return torch.tensor([True, True, False, False])
+    accepted = torch.tensor([[False, False, True, False], [True, True, True, True]])
+    out, share = speculative.verdict(KeptRun(), 0, accepted)
+    assert out.tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert share.tolist() == [0.5, 1.0]
+
+    class AllKept:
+        def kept(self, k):
+            return torch.ones(4, dtype=torch.bool)
+    assert speculative.verdict(AllKept(), 0, torch.zeros(2, 4, dtype=torch.bool))[1].tolist() == [1.0, 1.0]
