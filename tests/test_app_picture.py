@@ -86,17 +86,17 @@ def test_editor_values_that_are_refused(random_pair, cache, tmp_path_factory):
     outside = tmp_path_factory.mktemp("elsewhere")
     Image.new("RGB", (32, 32)).save(outside / "x.png")
     bank = Bank(random_pair)
-    for value, match in ((None, "no picture yet"), ({"background": None, "layers": [], "composite": None}, "no picture yet"),
+    for value, match in ((None, "holds no picture"), ({"background": None, "layers": [], "composite": None}, "holds no picture"),
                          ({"background": {"path": str(outside / "x.png")}, "layers": []}, "Gradio's cache")):
         with pytest.raises(ValueError, match=match):
             picture_tab.on_pyramid(bank, NAMES, cache, model="tiny", own_image=value)
     for bad, match in ((dict(prefix_scales=11), "prefix_scales"), (dict(picture_mode="fast"), "picture_mode"),
-                       (dict(picture_task="erase"), "picture_task"), (dict(picture_class="dog"), "class_name")):
+                       (dict(picture_task="erase"), "picture_task"), (dict(picture_class="dog"), "picture_class")):
         with pytest.raises(ValueError, match=match):
             picture_tab.on_picture_run(bank, NAMES, cache, own_image=editor(cache), **{**RUN, **bad})
     wrapped = bind(picture_tab.on_pyramid, bank, NAMES, cache)   # as the app calls it: a named gr.Error
     import gradio as gr
-    with pytest.raises(gr.Error, match="no picture yet"):
+    with pytest.raises(gr.Error, match="holds no picture"):
         wrapped(model="tiny", own_image=None)
 
 

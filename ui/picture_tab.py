@@ -10,10 +10,12 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from gradio.components.image_editor import EditorData
+from pydantic import ConfigDict, model_validator
 
 from sdvar_core import data, viz, viz_picture
 from sdvar_core.engine import generate
-from sdvar_core.explore import MODELS, class_index, headline, view_trace
+from sdvar_core.explore import MODELS, headline, view_trace
 from sdvar_core.picture import (BACKGROUND, MAX_PIXELS, encode_image, fit_mask, load_painted, pyramid)
 from sdvar_core.validate import check
 
@@ -29,8 +31,23 @@ MODE_RUNS = {"target": ("target", {}), "draft": ("draft", {}), "speculative": ("
 PYRAMID_OUTPUTS = ("pyramid", "pyramid_curves", "picture_md", "picture_input", "picture_pyramid")
 RUN_OUTPUTS = ("picture_run", "picture_input", "picture_result", "picture_summary", "picture_scale", "picture_grid",
                "picture_scale_md", "picture_acceptance", "picture_timeline")
-NO_PICTURE = "no picture yet: upload one, draw one, or pick an example"
+NO_PICTURE = "own_image (your picture) holds no picture: upload one, draw one, or pick an example"
 NO_RUN = "No run on a picture in this session yet, or it expired: press Run first."
+
+
+class EditorPayload(EditorData):
+    """The image editor's payload as Gradio checks it before any callback (its data model), with messages
+    that name the input and never repeat the value sent (pydantic's hide_input_in_errors)."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value):
+        if not isinstance(value, dict):
+            raise ValueError(f"own_image must be the image editor's value (background, layers, composite), "
+                             f"got {type(value).__name__}")
+        return value
 
 
 def example_images() -> dict[str, np.ndarray]:
@@ -40,6 +57,12 @@ def example_images() -> dict[str, np.ndarray]:
 
 
 EXAMPLES = example_images()
+FIRST_EXAMPLE = "star"   # the picture the tab opens with
+
+
+def editor_value(image: np.ndarray) -> dict:
+    """The image editor's value for a picture with nothing painted on it."""
+    return {"background": image, "layers": [], "composite": image}
 
 
 # ---- layout -------------------------------------------------------------------------------------
@@ -62,9 +85,11 @@ def build(view: View, pair, session_ttl: int) -> None:
         with gr.Column(scale=2, min_width=300):
             view.own_image = gr.ImageEditor(
                 label="Your picture (paint a region with the brush to in-paint it)", elem_id="own-image",
+                value=editor_value(EXAMPLES[FIRST_EXAMPLE]),
                 type="filepath", sources=["upload", "clipboard"], layers=False, transforms=(), height=380,
                 brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=6), canvas_size=(256, 256))
-            view.picture_example = gr.Dropdown(list(EXAMPLES), value=None, elem_id="picture-example",
+            view.own_image.data_model = EditorPayload   # named errors for malformed payloads (API callers)
+            view.picture_example = gr.Dropdown(list(EXAMPLES), value=FIRST_EXAMPLE, elem_id="picture-example",
                                                label="or an example: a held-out image of the embedded data set")
             view.pyramid_btn = gr.Button("Show the pyramid", elem_id="pyramid-btn")
             view.picture_task = gr.Radio([("continue from scale k", "continue"), ("in-paint the painted region", "inpaint")],
@@ -126,7 +151,7 @@ def cached_file(item, cache: Path) -> Path:
         raise ValueError(NO_PICTURE)
     resolved = Path(path).resolve()
     if not resolved.is_relative_to(Path(cache).resolve()):
-        raise ValueError("the picture must come through the page's upload (Gradio's cache)")
+        raise ValueError("own_image (your picture) must come through the page's upload (Gradio's cache)")
     return resolved
 
 
@@ -143,7 +168,7 @@ def editor_picture(value, cache: Path) -> tuple[Path, np.ndarray | None]:
     for layer in value.get("layers") or []:
         m = load_painted(cached_file(layer, cache))
         if painted is not None and m.shape != painted.shape:
-            raise ValueError("the painted layers do not have the picture's size")
+            raise ValueError("own_image: the painted layers do not have the picture's size")
         painted = m if painted is None else painted | m
     return picture, painted if painted is not None and painted.any() else None
 
@@ -173,14 +198,14 @@ def on_example(bank, view: View, *, model, picture_example) -> dict:
     """An example picture into the editor, and its pyramid."""
     pair = bank.get(check("model", model, choices=tuple(MODELS)))
     img = EXAMPLES[check("picture_example", picture_example, choices=tuple(EXAMPLES))]
-    return {view.own_image: {"background": img, "layers": [], "composite": img}, **pyramid_outputs(view, pair, img)}
+    return {view.own_image: editor_value(img), **pyramid_outputs(view, pair, img)}
 
 
 def run_settings(picture_mode, picture_entry, num_scales: int) -> tuple[str, dict]:
     """(engine mode, settings) of a picture mode (`MODE_RUNS`); the hand-off's entry_num from its slider."""
     mode, settings = MODE_RUNS[check("picture_mode", picture_mode)]
     settings = dict(settings)
-    entry = check("entry_num", picture_entry, num_scales=num_scales)
+    entry = check("entry_num", picture_entry, num_scales=num_scales, label="picture_entry")
     if mode == "schedule":
         settings["entry_num"] = entry
     return mode, settings
@@ -195,8 +220,8 @@ def on_picture_run(bank, view: View, cache: Path, *, model, own_image, picture_t
     task = check("picture_task", picture_task)
     k = check("prefix_scales", prefix_scales, num_scales=K)
     mode, settings = run_settings(picture_mode, picture_entry, K)
-    cls = class_index(pair, picture_class, picture_class_id)
-    seed = check("seed", picture_seed)
+    cls = picture_class_index(pair, picture_class, picture_class_id)
+    seed = check("seed", picture_seed, label="picture_seed")
     picture, painted = editor_picture(own_image, cache)
     enc = encode_image(pair, picture)
     keep = None
@@ -217,6 +242,14 @@ def on_picture_run(bank, view: View, cache: Path, *, model, own_image, picture_t
             **picture_scale_view(view, picture_run=kept, picture_scale=K),
             view.picture_acceptance: viz.acceptance_figure(main),
             view.picture_timeline: viz.timeline_figure(main, target if target is not main else None)}
+
+
+def picture_class_index(pair, picture_class, picture_class_id) -> int:
+    """The class to continue as: from the name picker (pairs with names) or the ImageNet id box."""
+    if pair.class_names:
+        names = tuple(pair.class_names)
+        return names.index(check("class_name", picture_class, choices=names, label="picture_class"))
+    return check("class_id", picture_class_id, num_classes=pair.num_classes, label="picture_class_id")
 
 
 def run_summary(main, target, task: str, k: int, label: str) -> str:
@@ -243,7 +276,7 @@ def picture_scale_view(view: View, *, picture_run, picture_scale) -> dict:
     """The token grid and the scale line of the last run on a picture, at the 1-based scale slider."""
     if picture_run is None:
         return {view.picture_grid: None, view.picture_scale_md: NO_RUN}
-    k = check("scale", picture_scale, num_scales=len(picture_run.scales)) - 1
+    k = check("scale", picture_scale, num_scales=len(picture_run.scales), label="picture_scale") - 1
     return {view.picture_grid: viz.token_grid_figure(picture_run, k),
             view.picture_scale_md: viz.scale_summary(picture_run, k)}
 
