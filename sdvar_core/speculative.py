@@ -104,7 +104,9 @@ def verdict(run, k: int, accepted: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     if kept is None:
         return accepted, accepted.float().mean(dim=1)
     judged = int((~kept).sum())
-    share = (accepted & ~kept).float().sum(dim=1) / judged if judged else accepted.new_ones(len(accepted), dtype=torch.float)
+    if not judged:
+        return accepted | kept, accepted.new_ones(len(accepted), dtype=torch.float)
+    share = (accepted & ~kept).float().sum(dim=1) / judged
     return accepted | kept, share
 
 
