@@ -11,7 +11,6 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 from gradio.components.image_editor import EditorData
-from pydantic import ConfigDict, model_validator
 
 from sdvar_core import data, viz, viz_picture
 from sdvar_core.engine import generate
@@ -39,15 +38,14 @@ class EditorPayload(EditorData):
     """The image editor's payload as Gradio checks it before any callback (its data model), with messages
     that name the input and never repeat the value sent (pydantic's hide_input_in_errors)."""
 
-    model_config = ConfigDict(hide_input_in_errors=True)
+    model_config = {**EditorData.model_config, "hide_input_in_errors": True}
 
-    @model_validator(mode="before")
     @classmethod
-    def _named(cls, value):
-        if not isinstance(value, dict):
+    def model_validate(cls, obj, *args, **kwargs):
+        if not isinstance(obj, dict):
             raise ValueError(f"own_image must be the image editor's value (background, layers, composite), "
-                             f"got {type(value).__name__}")
-        return value
+                             f"got {type(obj).__name__}")
+        return super().model_validate(obj, *args, **kwargs)
 
 
 def example_images() -> dict[str, np.ndarray]:
