@@ -143,3 +143,17 @@ def test_api_bad_pictures_then_a_good_one(client, tmp_path):
         out = pyramid_of(name, content)
         assert note in out["picture-md"], (name, out["picture-md"])
         assert json.loads(out["pyramid"]["plot"])["data"]
+
+
+def test_malformed_editor_payloads_are_named_and_not_repeated():
+    """Gradio validates the editor's payload with its data model before any callback: the message names
+    own_image and never repeats the value sent."""
+    for bad in ("<img src=x onerror=alert(1)>", 2.5, [1, "a"]):
+        with pytest.raises(ValueError, match="own_image must be the image editor's value") as e:
+            picture_tab.EditorPayload.model_validate(bad)
+        assert "<img" not in str(e.value)
+    with pytest.raises(ValueError) as e:
+        picture_tab.EditorPayload.model_validate({"background": {"path": "<img src=x>"}, "layers": []},
+                                                 context={"validate_meta": True})   # as Gradio calls it
+    assert "<img" not in str(e.value)
+    assert picture_tab.EditorPayload.model_validate({"layers": []}).background is None
