@@ -56,9 +56,17 @@ def test_pyramid_and_example(random_pair, cache):
     fig = out["pyramid"]
     assert len([t for t in fig.data if t.type == "heatmap"]) == 20 and len([t for t in fig.data if t.type == "image"]) == 20
     assert out["picture_input"].shape == (256, 256, 3) and out["picture_pyramid"].rebuilt.shape == (10, 64, 64, 3)
-    ex = picture_tab.on_example(Bank(random_pair), NAMES, model="tiny", picture_example="ring")
+    assert out["picture_source"] == str((cache / "star.png").resolve())
+    ex = picture_tab.on_example(NAMES, picture_example="ring")
     assert np.array_equal(ex["own_image"]["background"], picture_tab.EXAMPLES["ring"])
-    assert "used as is" in ex["picture_md"]
+    # the editor's change: a new picture shows its pyramid, a brush stroke on the same picture does not
+    change = dict(model="tiny", picture_source=out["picture_source"])
+    assert picture_tab.on_picture_change(Bank(random_pair), NAMES, cache, own_image=editor(cache, ["layer.png"]),
+                                         **change) == {}
+    assert picture_tab.on_picture_change(Bank(random_pair), NAMES, cache, own_image=None, **change) == {}
+    fresh = picture_tab.on_picture_change(Bank(random_pair), NAMES, cache, own_image=editor(cache),
+                                          **{**change, "picture_source": None})
+    assert "96×96" in fresh["picture_md"]
 
 
 @pytest.mark.parametrize("mode", ["target", "draft", "speculative", "relaxed", "schedule"])

@@ -204,11 +204,7 @@ def test_your_picture(page, tmp_path):
     expect(page.locator("#showing")).to_contain_text("Showing:", timeout=120_000)   # the page is up
     page.get_by_role("tab", name="Your picture").click()
     page.locator("#own-image input[type=file]").set_input_files(str(tmp_path / "star.png"))
-    try:   # the upload shows the pyramid by itself ...
-        expect(page.locator("#picture-md")).to_contain_text("96×96 → resized to 64×64", timeout=45_000)
-    except AssertionError:   # ... but on a loaded machine the editor's upload event has been seen to go missing
-        page.locator("#pyramid-btn").click()
-        expect(page.locator("#picture-md")).to_contain_text("96×96 → resized to 64×64", timeout=60_000)
+    expect(page.locator("#picture-md")).to_contain_text("96×96 → resized to 64×64", timeout=60_000)
     page.locator("#pyramid .js-plotly-plot .main-svg").first.wait_for()
     assert "Your picture through the pair's scales" in plot_title(page, "pyramid")
     expect(page.locator("#prefix-scales input[type=number]")).to_have_value("4")
@@ -234,3 +230,7 @@ def test_your_picture(page, tmp_path):
     expect(page.locator("#picture-summary")).to_contain_text("outside the painted region", timeout=90_000)
     expect(page.locator("#picture-scale-md")).to_contain_text("from your picture")
     page.screenshot(path=str(ARTIFACTS / "16-picture-inpaint.png"), full_page=True)
+    # an example replaces the picture, and its pyramid follows
+    page.locator("#picture-example input").fill("ring")
+    page.locator("#picture-example input").press("Enter")
+    expect(page.locator("#picture-md")).to_contain_text("64×64 → used as is", timeout=60_000)

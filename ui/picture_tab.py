@@ -27,7 +27,7 @@ PICTURE_MODES = [("target alone", "target"), ("draft alone", "draft"), ("specula
 MODE_RUNS = {"target": ("target", {}), "draft": ("draft", {}), "speculative": ("speculative", dict(gamma=2)),
              "relaxed": ("speculative", dict(gamma=3, tau=0.8, lenience=2.0)),
              "schedule": ("schedule", dict(sd_mask=1))}
-PYRAMID_OUTPUTS = ("pyramid", "pyramid_curves", "picture_md", "picture_input", "picture_pyramid")
+PYRAMID_OUTPUTS = ("pyramid", "pyramid_curves", "picture_md", "picture_input", "picture_pyramid", "picture_source")
 RUN_OUTPUTS = ("picture_run", "picture_input", "picture_result", "picture_summary", "picture_scale", "picture_grid",
                "picture_scale_md", "picture_acceptance", "picture_timeline")
 NO_PICTURE = "own_image (your picture) holds no picture: upload one, draw one, or pick an example"
@@ -70,6 +70,7 @@ def build(view: View, pair, session_ttl: int) -> None:
     K = pair.layout.num_scales
     view.picture_pyramid = gr.State(None, time_to_live=session_ttl)   # the shown pyramid, for the figure export
     view.picture_run = gr.State(None, time_to_live=session_ttl)       # the last run on a picture (`view_trace`)
+    view.picture_source = gr.State(None, time_to_live=session_ttl)    # the file whose pyramid is shown
     gr.Markdown(
         "A picture *is* a pyramid of token maps to VAR. Bring one (upload, draw, or pick an example from the "
         "embedded data set), see what each of the 10 scales adds, then let the models take over: **continue "
@@ -128,9 +129,11 @@ def wire(view: View, demo: gr.Blocks, bank, limits: Limits) -> None:
     cache = Path(gr.utils.get_upload_folder())
     listen(view, view.pyramid_btn.click, gpu(duration=30)(on_pyramid), bank, view, cache, public="picture_pyramid",
            outputs=PYRAMID_OUTPUTS)
-    listen(view, view.own_image.upload, gpu(duration=30)(on_pyramid), bank, view, cache, outputs=PYRAMID_OUTPUTS)
-    listen(view, view.picture_example.input, gpu(duration=30)(on_example), bank, view, public="picture_example",
-           outputs=("own_image",) + PYRAMID_OUTPUTS)
+    # a new picture (upload, example, drawing) shows its pyramid; brush strokes on a picture do not change it.
+    # (.upload hands the callback the editor's previous value, so the pyramid follows .change instead)
+    listen(view, view.own_image.change, gpu(duration=30)(on_picture_change), bank, view, cache,
+           outputs=PYRAMID_OUTPUTS, trigger_mode="always_last")
+    listen(view, view.picture_example.input, on_example, view, public="picture_example", outputs=("own_image",))
     listen(view, view.picture_btn.click, gpu(duration=60)(on_picture_run), bank, view, cache, public="picture_run",
            outputs=RUN_OUTPUTS, concurrency_id="generate", concurrency_limit=limits.generate_concurrency,
            validator=admission(demo, "generate", limits.generates_per_session, "Run on a picture"),
@@ -182,7 +185,8 @@ def pyramid_outputs(view: View, pair, source) -> dict:
             f"gives {pyr.psnr_db[0]:.1f} dB; half of the latent's energy is taken by scale "
             f"{int(np.searchsorted(np.cumsum(pyr.energy_share), 0.5)) + 1}.")
     return {view.pyramid: viz_picture.pyramid_figure(pyr), view.pyramid_curves: viz_picture.pyramid_curves_figure(pyr),
-            view.picture_md: text, view.picture_input: viz.upscale(enc.image), view.picture_pyramid: pyr}
+            view.picture_md: text, view.picture_input: viz.upscale(enc.image), view.picture_pyramid: pyr,
+            view.picture_source: str(source) if isinstance(source, Path) else None}
 
 
 def on_pyramid(bank, view: View, cache: Path, *, model, own_image) -> dict:
@@ -192,11 +196,21 @@ def on_pyramid(bank, view: View, cache: Path, *, model, own_image) -> dict:
     return pyramid_outputs(view, pair, picture)
 
 
-def on_example(bank, view: View, *, model, picture_example) -> dict:
-    """An example picture into the editor, and its pyramid."""
-    pair = bank.get(check("model", model, choices=tuple(MODELS)))
+def on_picture_change(bank, view: View, cache: Path, *, model, own_image, picture_source) -> dict:
+    """The pyramid of a new picture in the editor; nothing when only the brush layer changed (same picture
+    file as the pyramid shown) or the editor was cleared."""
+    if not isinstance(own_image, dict) or not (own_image.get("background") or own_image.get("composite")):
+        return {}
+    picture, _ = editor_picture(own_image, cache)
+    if str(picture) == picture_source:
+        return {}
+    return on_pyramid(bank, view, cache, model=model, own_image=own_image)
+
+
+def on_example(view: View, *, picture_example) -> dict:
+    """An example picture into the editor (its pyramid follows the editor's change)."""
     img = EXAMPLES[check("picture_example", picture_example, choices=tuple(EXAMPLES))]
-    return {view.own_image: editor_value(img), **pyramid_outputs(view, pair, img)}
+    return {view.own_image: editor_value(img)}
 
 
 def run_settings(picture_mode, picture_entry, num_scales: int) -> tuple[str, dict]:
