@@ -6,6 +6,7 @@ else); `sdvar_core.picture` checks and encodes it, `engine.generate(prefix=, pre
 runs the models on it, `viz` / `viz_picture` draw it."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import gradio as gr
@@ -15,7 +16,7 @@ from gradio.components.image_editor import EditorData
 from sdvar_core import data, viz, viz_picture
 from sdvar_core.engine import generate
 from sdvar_core.explore import MODELS, headline, view_trace
-from sdvar_core.picture import (BACKGROUND, MAX_PIXELS, encode_image, fit_mask, load_painted, pyramid)
+from sdvar_core.picture import BACKGROUND, MAX_PIXELS, encode_image, fit, fit_mask, load_image, load_painted, pyramid
 from sdvar_core.validate import check
 
 from .common import View, gpu, listen
@@ -55,7 +56,6 @@ def example_images() -> dict[str, np.ndarray]:
 
 
 EXAMPLES = example_images()
-FIRST_EXAMPLE = "star"   # the picture the tab opens with
 
 
 def editor_value(image: np.ndarray) -> dict:
@@ -70,7 +70,9 @@ def build(view: View, pair, session_ttl: int) -> None:
     K = pair.layout.num_scales
     view.picture_pyramid = gr.State(None, time_to_live=session_ttl)   # the shown pyramid, for the figure export
     view.picture_run = gr.State(None, time_to_live=session_ttl)       # the last run on a picture (`view_trace`)
-    view.picture_source = gr.State(None, time_to_live=session_ttl)    # the file whose pyramid is shown
+    # the pixels of the last picture whose pyramid was asked for
+    view.picture_source = gr.State(None, time_to_live=session_ttl)
+    # (the editor starts empty: with an initial value, Gradio 6.31's editor kept sending that value after an upload)
     gr.Markdown(
         "A picture *is* a pyramid of token maps to VAR. Bring one (upload, draw, or pick an example from the "
         "embedded data set), see what each of the 10 scales adds, then let the models take over: **continue "
@@ -84,11 +86,10 @@ def build(view: View, pair, session_ttl: int) -> None:
         with gr.Column(scale=2, min_width=300):
             view.own_image = gr.ImageEditor(
                 label="Your picture (paint a region with the brush to in-paint it)", elem_id="own-image",
-                value=editor_value(EXAMPLES[FIRST_EXAMPLE]),
                 type="filepath", sources=["upload", "clipboard"], layers=False, transforms=(), height=380,
                 brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=6), canvas_size=(256, 256))
             view.own_image.data_model = EditorPayload   # named errors for malformed payloads (API callers)
-            view.picture_example = gr.Dropdown(list(EXAMPLES), value=FIRST_EXAMPLE, elem_id="picture-example",
+            view.picture_example = gr.Dropdown(list(EXAMPLES), value=None, elem_id="picture-example",
                                                label="or an example: a held-out image of the embedded data set")
             view.pyramid_btn = gr.Button("Show the pyramid", elem_id="pyramid-btn")
             view.picture_task = gr.Radio([("continue from scale k", "continue"), ("in-paint the painted region", "inpaint")],
@@ -129,11 +130,14 @@ def wire(view: View, demo: gr.Blocks, bank, limits: Limits) -> None:
     cache = Path(gr.utils.get_upload_folder())
     listen(view, view.pyramid_btn.click, gpu(duration=30)(on_pyramid), bank, view, cache, public="picture_pyramid",
            outputs=PYRAMID_OUTPUTS)
-    # a new picture (upload, example, drawing) shows its pyramid; brush strokes on a picture do not change it.
-    # (.upload hands the callback the editor's previous value, so the pyramid follows .change instead)
-    listen(view, view.own_image.change, gpu(duration=30)(on_picture_change), bank, view, cache,
-           outputs=PYRAMID_OUTPUTS, trigger_mode="always_last")
-    listen(view, view.picture_example.input, on_example, view, public="picture_example", outputs=("own_image",))
+    # an uploaded or chosen picture shows its pyramid. The editor fires .upload several times per upload, the
+    # first with its previous picture, and .change not at all (only for strokes): so every upload event is
+    # answered (multiple), and one whose picture was already asked for costs a hash, not a pyramid.
+    listen(view, view.own_image.upload, gpu(duration=30)(on_picture_change), bank, view, cache,
+           outputs=PYRAMID_OUTPUTS, trigger_mode="multiple")
+    example = listen(view, view.picture_example.input, on_example, view, public="picture_example",
+                     outputs=("own_image",))
+    listen(view, example.success, gpu(duration=30)(on_picture_change), bank, view, cache, outputs=PYRAMID_OUTPUTS)
     listen(view, view.picture_btn.click, gpu(duration=60)(on_picture_run), bank, view, cache, public="picture_run",
            outputs=RUN_OUTPUTS, concurrency_id="generate", concurrency_limit=limits.generate_concurrency,
            validator=admission(demo, "generate", limits.generates_per_session, "Run on a picture"),
@@ -186,7 +190,7 @@ def pyramid_outputs(view: View, pair, source) -> dict:
             f"{int(np.searchsorted(np.cumsum(pyr.energy_share), 0.5)) + 1}.")
     return {view.pyramid: viz_picture.pyramid_figure(pyr), view.pyramid_curves: viz_picture.pyramid_curves_figure(pyr),
             view.picture_md: text, view.picture_input: viz.upscale(enc.image), view.picture_pyramid: pyr,
-            view.picture_source: str(source) if isinstance(source, Path) else None}
+            view.picture_source: picture_key(enc.image, pair.vqvae.cfg.image_size)}
 
 
 def on_pyramid(bank, view: View, cache: Path, *, model, own_image) -> dict:
@@ -200,11 +204,19 @@ def on_picture_change(bank, view: View, cache: Path, *, model, own_image, pictur
     """The pyramid of a new picture in the editor; nothing when only the brush layer changed (same picture
     file as the pyramid shown) or the editor was cleared."""
     if not isinstance(own_image, dict) or not (own_image.get("background") or own_image.get("composite")):
-        return {}
+        return gr.skip()
+    pair = bank.get(check("model", model, choices=tuple(MODELS)))
     picture, _ = editor_picture(own_image, cache)
-    if str(picture) == picture_source:
-        return {}
-    return on_pyramid(bank, view, cache, model=model, own_image=own_image)
+    size = pair.vqvae.cfg.image_size
+    if picture_key(load_image(picture).image, size) == picture_source:
+        return gr.skip()
+    return pyramid_outputs(view, pair, picture)
+
+
+def picture_key(image: np.ndarray, size: int) -> str:
+    """A fitted picture's identity: a hash of its pixels at the pair's size (the editor re-exports a picture
+    as a new file, so files cannot tell whether it changed)."""
+    return f"{size}:{hashlib.sha256(np.ascontiguousarray(fit(image, size)[0]).tobytes()).hexdigest()}"
 
 
 def on_example(view: View, *, picture_example) -> dict:
