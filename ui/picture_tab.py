@@ -75,7 +75,8 @@ def build(view: View, pair, session_ttl: int) -> None:
     # (the editor starts empty: with an initial value, Gradio 6.31's editor kept sending that value after an upload)
     gr.Markdown(
         "A picture *is* a pyramid of token maps to VAR. Bring one (upload, draw, or pick an example from the "
-        "embedded data set), see what each of the 10 scales adds, then let the models take over: **continue "
+        "embedded data set) and press **Show the pyramid** to see what each of the 10 scales adds (an example or an "
+        "upload shows it by itself), then let the models take over: **continue "
         f"from scale k** keeps your picture's first k scales (fed to both models as their prefix) and makes the "
         "rest; **in-paint** keeps your picture outside the region you paint with the brush, at every scale, "
         "and generates inside it; speculative decoding then judges only the generated tokens. "
