@@ -70,9 +70,8 @@ def pyramid_figure(pyr) -> go.Figure:
                           yanchor="middle", textangle=-90, showarrow=False, font=dict(size=11, color="#555")))
     fig = go.Figure(traces, layout=dict(axes, annotations=notes))
     fig.update_annotations(font_size=9)
-    title = ("Your picture through the pair's scales<br><sup>rows: the token map (codebook ids) · the picture rebuilt "
-             "from scales 1..k · what scale k added (×2 around grey) · the residual it quantised (latent norm); "
-             "columns: PSNR dB · SSIM of the rebuilt picture · share of the energy</sup>")
+    title = ("Your picture through the pair's scales<br><sup>rows: token ids · rebuilt from 1..k · added by k (×2 "
+             "around grey) · residual before k; heads: PSNR dB · SSIM · share of the energy</sup>")
     return _layout(fig, title, height=540, margin=dict(l=30, r=10, t=120, b=10), showlegend=False)
 
 
