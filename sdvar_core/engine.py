@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from . import masks
+from .picture import context as picture_context
 from .runtime import DTYPES, autocast_for, autocast_session
 from .sampling import cfg_mix, guidance, probabilities, sample, smooth_weights
-from .trace import DRAFT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
+from .trace import DRAFT, INPUT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
 from .validate import MODES, check, check_settings
 
 # The acceptance generator's seed is one step of Knuth's MMIX linear congruential generator applied to
@@ -275,8 +276,11 @@ class Runner:
 class Run:
     """Everything one `generate` call shares: pair, settings, generators, canvas, runners, trace records."""
 
-    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings, planner=None):
+    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings, planner=None,
+                 picture=None):
         self.pair, self.s, self.planner = pair, settings, planner   # planner: gamma="auto" (planner.Planner)
+        self.picture = picture       # picture.Context: a prefix and/or a kept region, or None
+        self.first = picture.prefix_scales if picture is not None else 0   # first scale the models make
         self.layout = pair.layout
         self.K = self.layout.num_scales
         device = pair.target.device
@@ -293,6 +297,25 @@ class Run:
         self.frames: dict[int, np.ndarray] = {}   # scale → the picture after it (B, H, W, 3), where decoded
         self.on_scale = None         # streaming callback, see generate
         self.accept_override = None  # forced verdicts of drafted scales, see generate
+        for k in range(self.first):  # the picture's first scales: on the canvas, fed with the first model call
+            idx = picture.tokens[k].expand(len(class_ids), -1).clone()
+            self.canvas.push(k, idx, "input")
+            self.record_scale(k, "input", idx, torch.full_like(idx, INPUT))
+
+    # ---- in-painting: outside the painted region every scale's tokens are the picture's ---------
+    def kept(self, k: int) -> torch.Tensor | None:
+        """(pn²,) bool: the positions of scale k that keep the picture's token, or None (no keep mask)."""
+        return None if self.picture is None or self.picture.keep is None else self.picture.keep[k]
+
+    def keep_input(self, k: int, idx: torch.Tensor) -> torch.Tensor:
+        """Sampled tokens (B, pn²) of scale k with the kept positions replaced by the picture's."""
+        keep = self.kept(k)
+        return idx if keep is None else torch.where(keep, self.picture.tokens[k], idx)
+
+    def mark_input(self, k: int, status: torch.Tensor) -> torch.Tensor:
+        """Status codes (B, pn²) with the kept positions of scale k marked INPUT."""
+        keep = self.kept(k)
+        return status if keep is None else torch.where(keep, torch.full_like(status, INPUT), status)
 
     def distribution(self, logits: torch.Tensor, k: int, model: str) -> torch.Tensor:
         """(2B, n, V) logits of scale k → the filtered CFG distribution sampled from, (B, n, V)."""
@@ -330,10 +353,13 @@ class Run:
         """Model `name` makes scale k alone: its call, its distribution, a sample, the canvas, the record."""
         logits = self.runners[name].forward_upto(k, kind, rule, current=k)[k]
         p = self.distribution(logits, k, name)
-        idx = sample(p, self.g_sample)
+        idx = self.keep_input(k, sample(p, self.g_sample))
         soft = smooth_weights(p, k, self.K, self.g_sample) if self.s.more_smooth else None
+        if soft is not None and self.kept(k) is not None:   # kept positions: the picture's codebook vector
+            one_hot = torch.nn.functional.one_hot(idx, soft.shape[-1]).to(soft.dtype)
+            soft = torch.where(self.kept(k)[:, None], one_hot, soft)
         self.canvas.push(k, idx, name, soft)
-        self.record_scale(k, name, idx, torch.full_like(idx, DRAFT if name == "draft" else TARGET))
+        self.record_scale(k, name, idx, self.mark_input(k, torch.full_like(idx, DRAFT if name == "draft" else TARGET)))
         self.finalize(k + 1)
 
 
@@ -341,6 +367,8 @@ def run_schedule(run: Run, schedule: str) -> None:
     """Each scale made by the model its letter names; a switch prefills the incoming model under sd_mask."""
     previous = None
     for k, letter in enumerate(schedule):
+        if k < run.first:   # the picture's prefix
+            continue
         name = "draft" if letter == "D" else "target"
         switch = previous is not None and name != previous
         kind, rule = ("prefill", run.s.sd_mask) if switch else ("step", 3)
@@ -355,7 +383,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
-             accept_override: Callable[[int], bool] | None = None, planner=None, **settings) -> Result:
+             accept_override: Callable[[int], bool] | None = None, planner=None,
+             prefix=None, prefix_scales: int = 0, keep_mask=None, **settings) -> Result:
     """Generate images with `pair` in `mode` ('target', 'draft', 'schedule', 'speculative').
 
     class_ids: int or sequence of B ints; settings: fields of `Settings`.
@@ -371,6 +400,12 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     calibration layer's). After the run the planner's `learn(trace)` is called when it has one (the
     calibration layer's planners fold the run's call timings into their costs). Each round's plan is
     in `trace.rounds[i].plan`.
+    prefix: a picture's K token maps (`picture.encode_image`, or (pn, pn) int arrays), shared by the batch.
+    prefix_scales k: the picture's scales 1..k are taken whole (status INPUT, fed to each model with its
+    first call: teacher forcing) and the mode makes scales k+1..K; k = K returns the reconstruction.
+    keep_mask: (S, S) bool in image pixels, True = keep the picture (in-painting): at every scale a token
+    cell whose pixels are at least half kept (`picture.keep_grids`) takes the picture's token after each
+    model call; speculative decoding judges only the other tokens. The trace records both.
     Returns Result(images (B, H, W, 3) uint8, trace).
     """
     unknown = set(settings) - set(Settings.__dataclass_fields__)
@@ -390,6 +425,7 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     class_ids = [check("class_id", c, num_classes=pair.num_classes) for c in list(class_ids)]
     device = pair.target.device
     class_ids = torch.as_tensor(class_ids, dtype=torch.long, device=device)
+    picture = picture_context(pair, prefix, prefix_scales, keep_mask)
     auto = mode == "speculative" and s.gamma == "auto"
     if planner is not None and not auto:
         raise ValueError("planner applies to speculative mode with gamma='auto' only")
@@ -405,13 +441,14 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
         planner = _default_planner(pair, len(class_ids), s)
 
     with autocast_session(device, s.precision):   # casts of the weights are made once per run
-        run = Run(pair, class_ids, seed, s, planner if auto else None)
+        run = Run(pair, class_ids, seed, s, planner if auto else None, picture)
         run.on_scale, run.accept_override = on_scale, accept_override
         if mode == "speculative":
             from .speculative import run_speculative
             run_speculative(run)
         else:
             run_schedule(run, s.schedule_string(mode, run.K))
+        run.finalize(run.K)   # a picture's every scale (k = K) is final without a model call
         t_loop = run.rec.now()
         with run.autocast():
             images = to_uint8(pair.vqvae.fhat_to_image(run.canvas.fhats[-1]))
@@ -427,11 +464,16 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
         settings_out["schedule_resolved"] = s.schedule_string(mode, run.K)
     if accept_override is not None:
         settings_out["forced_acceptance"] = True
+    if picture is not None:
+        settings_out.update(prefix_scales=picture.prefix_scales, inpaint=picture.keep is not None)
     trace = Trace(settings=settings_out, patch_nums=list(pair.layout.patch_nums), scales=scales,
                   calls=run.rec.calls, shapes=run.rec.shapes, rounds=run.rounds,
                   timings={"total": t_total, "transformer": transformer, "decode": t_total - t_loop,
                            "overhead": t_loop - transformer, "progressive": run.rec.paused_seconds},
                   images=images)
+    if picture is not None:
+        trace.prefix_scales, trace.keep_mask = picture.prefix_scales, picture.keep_mask
+        trace.picture_tokens = torch.cat(picture.tokens, dim=1)[0].cpu().numpy()
     if auto and getattr(planner, "learn", None) is not None:
         planner.learn(trace)
     return Result(images=images, trace=trace)

@@ -24,7 +24,7 @@ from .data import CLASS_NAMES
 from .click import run_click  # noqa: F401  (one click's runs: the app, the examples and the tests use it here)
 from .engine import Pair, Settings, generate
 from .runtime import best_precision, resolve_device
-from .trace import ACCEPTED, Trace
+from .trace import ACCEPTED, INPUT, Trace
 from .validate import check, check_list, shown
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def headline(main: Trace, target_only: Trace | None = None, draft_only: Trace | 
     out = {"target_calls": main.target_calls, "draft_calls": main.draft_calls,
            "wall_s": float(main.timings["total"]),
            "accepted_tokens": int(sum((s.status == ACCEPTED).sum() for s in drafted)),
-           "verified_tokens": int(sum(s.status.size for s in drafted)),
+           "verified_tokens": int(sum((s.status != INPUT).sum() for s in drafted)),   # a picture's are not judged
            "target_only_wall_s": None, "target_only_calls": None, "speedup": None,
            "draft_only_wall_s": None, "token_agreement": None}
     if target_only is not None:

@@ -261,6 +261,17 @@ def sweep(shapes: PairShapes, configs: list[dict], seeds: int, images: int, devi
     return request(f"this sweep ({runs} runs)", work, shapes, device, smaller=smaller, **kw)
 
 
+def picture(shapes: PairShapes, device: DeviceClass = GPU_PRIOR, run: bool = False, **kw) -> Budget:
+    """Your picture (`picture_tab`): its pyramid (an encode and a decode per scale, priced as a target-alone run
+    with a decode per scale: a bound), and for a run on it also the chosen mode, priced as exact speculative
+    γ = 1 with every round rejected (the most calls of any mode) with previews, and the target alone."""
+    work = run_seconds(shapes, device, "target", previews=True)
+    if run:
+        work += run_seconds(shapes, device, "speculative", 1, 1, previews=True) + run_seconds(shapes, device, "target")
+    what = "a run on your picture" if run else "your picture's pyramid"
+    return request(f"{what} on {shapes.name or 'this pair'}", work + RENDER_S["generate"], shapes, device, **kw)
+
+
 # ---- the README's table -------------------------------------------------------------------------------
 
 def clicks_per_quota(seconds: int) -> dict[str, int]:

@@ -238,3 +238,54 @@ def test_token_grid_changes_while_a_run_streams_and_stop_ends_it(page, slow_stre
     expect(showing).to_contain_text(re.compile(r"Stopped: your run — target, \w+, seed 22"), timeout=30_000)
     stopped_at = int(re.search(r"Scale (\d+)", page.locator("#scale-summary").inner_text()).group(1))
     assert 2 <= stopped_at <= 4, stopped_at      # within one scale of the press (plus one in flight)
+
+
+def test_your_picture(page, tmp_path):
+    """Upload a PNG: its pyramid; continue from scale 4: the result beside the input and the run's views;
+    paint a band and in-paint it: acceptance inside the region."""
+    from playwright.sync_api import expect
+    from PIL import Image
+
+    from sdvar_core import data
+
+    Image.fromarray(data.make_images([3], 11, size=96)[0]).save(tmp_path / "star.png")
+    expect(page.locator("#showing")).to_contain_text("Showing:", timeout=120_000)   # the page is up
+    page.get_by_role("tab", name="Your picture").click()
+    page.locator("#own-image input[type=file]").set_input_files(str(tmp_path / "star.png"))
+    # the upload shows a pyramid by itself once the editor has sent the new picture, which on a loaded machine
+    # can take a while; the button asks for it again with the editor's current value
+    for _ in range(12):
+        page.wait_for_timeout(5_000)
+        if "96×96 → resized to 64×64" in page.locator("#picture-md").inner_text():
+            break
+        page.locator("#pyramid-btn").click()
+    expect(page.locator("#picture-md")).to_contain_text("96×96 → resized to 64×64", timeout=30_000)
+    page.locator("#pyramid .js-plotly-plot .main-svg").first.wait_for()
+    assert "Your picture through the pair's scales" in plot_title(page, "pyramid")
+    expect(page.locator("#prefix-scales input[type=number]")).to_have_value("4")
+    page.locator("#picture-run").click()
+    expect(page.locator("#picture-summary")).to_contain_text("first 4 of 10 scales", timeout=90_000)
+    expect(page.locator("#picture-result img")).to_be_visible()
+    expect(page.locator("#picture-input img")).to_be_visible()
+    page.locator("#picture-acceptance .js-plotly-plot .main-svg").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "15-picture-continue.png"), full_page=True)
+
+    editor = page.locator("#own-image")
+    editor.scroll_into_view_if_needed()
+    box = page.locator("#own-image canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for dy in (-15, 0, 15):   # a band across the picture's middle, with the editor's brush
+        page.mouse.move(cx - 60, cy + dy)
+        page.mouse.down()
+        page.mouse.move(cx + 60, cy + dy, steps=12)
+        page.mouse.up()
+    page.wait_for_timeout(1500)   # the editor sends its layer after the stroke
+    page.locator("#picture-task").get_by_text("in-paint the painted region").click()
+    page.locator("#picture-run").click()
+    expect(page.locator("#picture-summary")).to_contain_text("outside the painted region", timeout=90_000)
+    expect(page.locator("#picture-scale-md")).to_contain_text("from your picture")
+    page.screenshot(path=str(ARTIFACTS / "16-picture-inpaint.png"), full_page=True)
+    # an example replaces the picture, and its pyramid follows
+    page.locator("#picture-example input").fill("ring")
+    page.locator("#picture-example input").press("Enter")
+    expect(page.locator("#picture-md")).to_contain_text("64×64 → used as is", timeout=60_000)

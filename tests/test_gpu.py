@@ -13,6 +13,7 @@ import gradio as gr
 import pytest
 
 import app
+from conftest import build_random_pair
 from sdvar_core import gpu_budget as gb
 from sdvar_core.explore import DEFAULT_INPUTS, PairBank, click_settings, default_pair_loader, sweep_configs
 from ui import compare_tab, generate_tab, gpu, mask_gallery
@@ -151,11 +152,14 @@ def underlying(block_fn):
 
 def test_only_the_model_runs_ask_for_a_gpu(demo):
     decorated = {underlying(f).__name__: f.api_name for f in demo.fns.values() if hasattr(underlying(f), "gpu_budget")}
-    assert decorated == {"on_generate": "generate", "on_gallery": "mask_gallery", "on_sweep": "sweep"}
+    assert "on_picture_change" in decorated   # a new picture's pyramid (a private event)
+    assert {k: v for k, v in decorated.items() if k != "on_picture_change"} == {
+        "on_generate": "generate", "on_gallery": "mask_gallery", "on_sweep": "sweep",
+        "on_pyramid": "picture_pyramid", "on_picture_run": "picture_run"}
     plain = {f.api_name for f in demo.fns.values() if f.api_name and not hasattr(underlying(f), "gpu_budget")}
     # precomputed runs, scrubbing, Masks, Shapes and the teaching views of a stored run: never a GPU request
     assert {"load_example", "scale_view", "mask_view", "keys_view", "teach", "round_story", "cost_whatif",
-            "frontier", "select_model", "export_figures"} <= plain
+            "frontier", "select_model", "export_figures", "picture_example"} <= plain
     # precomputed runs are a dropdown of stored traces, no gr.Examples (whose Dataset could cache by running)
     assert not any(isinstance(b, gr.Dataset) for b in demo.blocks.values())
 
@@ -325,3 +329,14 @@ def test_generate_stop_and_sweep_stop_leave_separate_marks():
         assert sweep.is_set()
     finally:
         host.files.remove()
+
+
+def test_your_picture_asks_for_its_pyramid_and_its_run():
+    """The picture tab's requests: a pyramid is cheap, a run on the picture costs more, both within the goals'
+    scale (≤ a Generate click's order), for the embedded and an official pair."""
+    tiny = gb.PairShapes.of(build_random_pair())
+    official = gb.PairShapes.official(16, 30)
+    for shapes, most in ((tiny, 10), (official, 60)):
+        pyramid, run = gb.picture(shapes), gb.picture(shapes, run=True)
+        assert gb.FLOOR_S <= pyramid.seconds <= run.seconds <= most, (shapes.name, pyramid, run)
+        assert run.predicted_s > pyramid.predicted_s

@@ -294,3 +294,10 @@ def sweep_budget(bank, view, host, request=None, *, model, sweep_kind, sweep_see
     one = gpu_budget.sweep(shapes, configs, 1, images, DEVICE, cap=max(cap, gpu_budget.ZEROGPU_MAX_S))
     return Priced(b, f"A smaller request: the same sweep with one seed asks for {one.seconds} s." if len(seeds) > 1
                   else "")
+
+
+def picture_budget(bank, view, cache=None, *, model, cap: int = gpu_budget.CAP_S, progress=None, **inputs) -> Priced:
+    """Your picture: its pyramid, or a run on it (the callbacks with a `picture_task` input run models)."""
+    shapes = shapes_of(bank, model)
+    run = "picture_task" in inputs
+    return Priced(gpu_budget.picture(shapes, DEVICE, run=run, cap=cap), _smaller(bank, model, ""))
