@@ -29,6 +29,7 @@ import itertools
 import threading
 import weakref
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, NamedTuple
 
 import gradio as gr
@@ -203,11 +204,12 @@ def gpu_callback(fn, budget, cap: int = gpu_budget.CAP_S):
 
 
 def portable(value, by_reference: bool = True):
-    """An argument as it can cross into a forked worker: plain values and gr.Progress as they are, a
+    """An argument as it can cross into a forked worker: plain values, paths and gr.Progress as they are, a
     gr.Request as RequestInfo, anything else (the bank, the view, the host) by reference."""
     if isinstance(value, gr.Request):
         return RequestInfo(value.session_hash, getattr(value, "username", None))
-    if not by_reference or value is None or isinstance(value, (str, int, float, bool, list, tuple, dict, gr.Progress)):
+    if not by_reference or value is None or isinstance(value, (str, int, float, bool, list, tuple, dict, PurePath,
+                                                                gr.Progress)):
         return value
     return local(value)
 
