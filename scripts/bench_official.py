@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_app import free_port, wait_ready  # noqa: E402
+from bench_app import wait_ready  # noqa: E402
+from memory_check import free_port, stop_app  # noqa: E402
 from sdvar_core.explore import DEFAULT_INPUTS  # noqa: E402
 from ui.common import named_outputs  # noqa: E402
 
@@ -64,15 +65,17 @@ def timed_click(client, inputs: dict) -> dict:
     """Submit one /generate and watch its streamed outputs: seconds to the first scale and to the end."""
     t0 = time.perf_counter()
     job = client.submit(api_name="/generate", **inputs)
-    first_scale = None
+    first_scale, seen = None, 0
     while not job.done():
-        if first_scale is None and len(job.outputs()) >= 2:   # output 1 clears the page, output 2 is a scale
-            first_scale = time.perf_counter() - t0
+        outputs = job.outputs()
+        if first_scale is None and len(outputs) > seen:   # the first output whose line names a scale
+            seen = len(outputs)
+            if any(re.search(r", scale \d+/\d+", str(named_outputs(client.config, "/generate", o).get("showing", "")))
+                   for o in outputs):
+                first_scale = time.perf_counter() - t0
         time.sleep(0.01)
     result = job.result()
     total = time.perf_counter() - t0
-    if first_scale is None and len(job.outputs()) >= 2:
-        first_scale = total
     out = named_outputs(client.config, "/generate", result)
     return {"first_scale": first_scale, "total": total, "wall": float(out["wall-time"].split()[0]),
             "summary": out["summary"], "outputs": len(job.outputs())}
@@ -133,11 +136,7 @@ def main(argv=None) -> None:
         plain = timed_click(client, {**base, "seed": 1, "mode": "target"})
         rss_end, peak = memory_gib(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
     ref = plain["wall"]
     rows += [("first click: first scale on screen", first["first_scale"]),
              ("first click (speculative, γ auto, fresh planner cache): whole click", first["total"]),

@@ -192,18 +192,6 @@ def calibrate(pair: Pair, batch: int, precision: str, log=None) -> Timings:
     return timings
 
 
-def observe_passes(passes: PassEstimator, trace, settings: Settings) -> None:
-    """Every judged scale of a trace's rounds as an observation (see speculative.observe)."""
-    from .planner import batch_pass_probability
-
-    for rd in trace.rounds:
-        judged = rd.accepted_scales + ([rd.corrected_scale] if rd.corrected_scale is not None else [])
-        for k in judged:
-            rec = trace.scales[k]
-            p = batch_pass_probability(rec.p_draft, rec.q_draft) if settings.exact else float(k in rd.accepted_scales)
-            passes.observe(k, p)
-
-
 # ---- the planners on offer, in memory and on disk ----------------------------------------------------
 
 _LOCK = threading.Lock()
