@@ -272,8 +272,9 @@ def series(points: list[Point], metric: str = "fid_tiny") -> dict:
                          "hover": [f"<b>{p.name}</b><br>{p.settings}<br>speed-up {p.speedup:.2f}×"
                                    + (f" [{p.speedup_range[0]:.2f}–{p.speedup_range[1]:.2f}]" if p.speedup_range else "")
                                    + f"<br>{label}: {getattr(p, metric):.3f} {_ci(getattr(p, ci), 3)}"
-                                   + (f"<br>target calls {p.target_calls:.2f}, draft calls {p.draft_calls:.2f}"
-                                      if p.target_calls is not None else "") for p in group]}
+                                   + "".join(f"<br>{what} calls per image {v:.2f}" for what, v in
+                                             (("target", p.target_calls), ("draft", p.draft_calls)) if v is not None)
+                                   for p in group]}
     plain = sorted((p for p in usable if p.family == "plain"), key=lambda p: p.speedup)
     front_idx = pareto_front([p.speedup for p in usable], [getattr(p, metric) for p in usable], higher)
     front = [usable[i] for i in front_idx]

@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only write the report from what has finished")
     p.add_argument("--classifier", default=str(CLASSIFIER_STEM), help="path stem of the FID-tiny classifier")
     p.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap resamples for the intervals")
+    p.add_argument("--real", type=_positive_int, default=1000, help="real held-out images for FID-tiny (the card's: 1000)")
     p.add_argument("--md", help="also write the report into this markdown file (a marked section)")
     p.add_argument("--section", default="frontier-tiny", help="name of the marked section in --md")
     p.add_argument("--png", help="also write the picture here (e.g. docs/frontier.png)")
@@ -394,7 +395,7 @@ def cmd_frontier(args, device, out, section) -> None:
         job.run_quality(run, rows, pair=args.pair, mid=args.mid, per_class=args.per_class, seed=args.seed,
                         precision=precision, device=device.type, threads=args.threads, deadline=deadline)
     job.report(run, job.frontier_rows(), load_classifier(stem, device=str(device)),
-               meta=job.job_meta(args.pair, args.per_class, args.seed, precision, num_classes), n_boot=args.n_boot,
+               meta=job.job_meta(args.pair, args.per_class, args.seed, precision, num_classes, args.real), n_boot=args.n_boot,
                md=args.md, section_name=args.section, png=args.png, json_path=args.json)
 
 

@@ -461,12 +461,12 @@ def report(out: Path, rows: list[FrontierRow], classifier, *, meta: dict, n_boot
     return pts
 
 
-def job_meta(pair: str, per_class: int, seed: int, precision: str, num_classes: int) -> dict:
+def job_meta(pair: str, per_class: int, seed: int, precision: str, num_classes: int, n_real: int = N_REAL) -> dict:
     """What the report says about how the rows were made (the app's default sampling: `Settings()`)."""
     from ..engine import Settings
 
     s = Settings()
     return {"pair": "tiny" if pair == "tiny" else Path(pair).name, "per_class": per_class, "classes": num_classes,
             "seed": seed, "precision": precision, "cfg": s.cfg, "top_k": s.top_k, "top_p": s.top_p,
-            "n_real": N_REAL, "real_seed": HELDOUT_SEED, "precision_note": PRECISION_NOTE
+            "n_real": n_real, "real_seed": HELDOUT_SEED, "precision_note": PRECISION_NOTE
             if precision == "fp32" else f"{precision}: see tests/test_precision.py for what it is known to preserve."}
