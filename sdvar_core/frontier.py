@@ -194,8 +194,9 @@ def verdict(points: list[Point], total_rows: int | None = None) -> str:
     placed = [p for p in points if p.placed]
     quality = [p for p in points if p.fid_tiny is not None]
     total = total_rows if total_rows is not None else len(points)
-    lines = [f"- **Status:** {len(quality)} of {total} rows have their quality measured, {len(placed)} also their "
-             f"speed (a row is drawn once it has both)."]
+    timed = sum(p.speedup is not None for p in points)
+    lines = [f"- **Status:** {len(quality)} of {total} rows have their quality measured and {timed} their speed; "
+             f"{len(placed)} have both (only those are drawn and judged against the curve)."]
     curve = plain_curve(points)
     target = next((p for p in points if p.name == TARGET_NAME and p.fid_tiny is not None), None)
     if len(curve) < 2:

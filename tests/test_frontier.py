@@ -230,7 +230,7 @@ def test_verdict_names_settings_above_and_below_the_curve():
     assert a.speed_gain == pytest.approx(1.3 / (1.0 + 0.5 / 4.5 * 0.6))
     assert fr.against(on, curve).side == "on" and fr.against(below, curve).side == "below"
     text = fr.verdict(pts)
-    assert "8 of 8 rows have their quality" not in text and "7 of 8 rows have their quality" in text
+    assert "7 of 8 rows have their quality measured and 7 their speed; 7 have both" in text
     assert "**Above the curve (1):** **T→D e=8 sd_mask 3**" in text and "1.75 [1.15, 2.35]" in text
     assert "**On the curve (within the noise): 2**; the closest to above is **D→T e=5 sd_mask 3**" in text
     assert "**Below the curve: 1**" in text

@@ -379,7 +379,7 @@ def section(pts: list[fr.Point], rows: list[FrontierRow], meta: dict, png: str |
     left = [p.name for p in pts if p.fid_tiny is None]
     no_speed = [p.name for p in pts if p.speedup is None]
     sp = meta.get("speed")
-    head = [f"## Speed–quality frontier: {meta['pair']} pair, {meta['per_class']} images per class per row (issue 21)", "",
+    head = [f"### Frontier run: {meta['pair']} pair, {meta['per_class']} images per class per row", "",
             "**Verdict** (generated from the rows finished so far by `sdvar_core.frontier.verdict`):", "",
             fr.verdict(pts, len(rows))]
     if png:
