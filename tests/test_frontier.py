@@ -125,13 +125,27 @@ def test_stopped_and_killed_runs_resume_to_the_uninterrupted_result(tmp_path, fr
             np.testing.assert_array_equal(a, b)
 
 
-def test_mid_row_is_skipped_without_weights(tmp_path, frontier_pair):
+def test_mid_row_waits_for_its_weights_and_runs_once_they_appear(tmp_path, frontier_pair, monkeypatch, random_pair):
     pair, _ = frontier_pair
     messages = []
-    rows = job.select_rows(job.frontier_rows(), "plain mid model")
-    got = job.run_quality(tmp_path, rows, pair=pair, mid=tmp_path / "nowhere", per_class=1, log=messages.append)
+    by = {r.name: r for r in job.frontier_rows()}
+    rows = [by[fr.MID_NAME], by["target only"], by["draft only"]]
+    mid = tmp_path / "later" / "mid"
+    got = job.run_quality(tmp_path / "a", rows[:1], pair=pair, mid=mid, per_class=1, log=messages.append)
     assert got == {"made": [], "skipped": [fr.MID_NAME], "stopped": False}
-    assert any("skipped plain mid model" in m and "nowhere" in m for m in messages)
+    assert any("plain mid model waits" in m and "later" in m for m in messages)
+    # the weights appear while the target row runs (training finished): the waiting mid row runs next
+    made = sample.main
+
+    def main_then_finish_training(argv):
+        made(argv)
+        if not mid.with_suffix(".json").is_file():
+            mid.parent.mkdir()
+            save_var(random_pair.draft, mid)
+
+    monkeypatch.setattr(sample, "main", main_then_finish_training)
+    got = job.run_quality(tmp_path / "b", rows, pair=pair, mid=mid, per_class=1, log=messages.append)
+    assert got == {"made": ["target only", fr.MID_NAME, "draft only"], "skipped": [], "stopped": False}
 
 
 def test_mid_row_runs_the_mid_model_as_a_plain_model(tmp_path, frontier_pair, random_pair):

@@ -183,31 +183,39 @@ def run_quality(out: Path, rows: list[FrontierRow], *, pair: str = "tiny", mid=N
                 deadline: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Make the images of every row not done yet, in order, until `deadline` (time.perf_counter()).
 
-    Returns {'made': rows finished now, 'skipped': rows skipped (the mid model's weights missing),
-    'stopped': True when the deadline ended the run with rows left}."""
+    The mid row waits while its weights are missing and runs as soon as they appear (checked before every
+    row), so a run started before the mid model finished training picks it up. Returns {'made': rows
+    finished now, 'skipped': rows left for want of the mid model's weights, 'stopped': True when the
+    deadline ended the run with rows left}."""
     out = Path(out)
-    made, skipped = [], []
-    todo = [r for r in rows if not row_done(out, r)]
-    log(f"quality: {len(rows) - len(todo)} of {len(rows)} rows done, {len(todo)} to make "
+    made, told = [], set()
+    pending = [r for r in rows if not row_done(out, r)]
+    log(f"quality: {len(rows) - len(pending)} of {len(rows)} rows done, {len(pending)} to make "
         f"({per_class} images per class, seed {seed}, {precision})")
-    for i, row in enumerate(todo):
-        if row.model == "mid" and not mid_available(mid):
-            log(f"  skipped {row.name}: no weights at {mid}.json / .safetensors (train it: see the recipe's mid stage)")
-            skipped.append(row.name)
-            continue
+    while pending:
+        ready = [r for r in pending if r.model != "mid" or mid_available(mid)]
+        for r in pending:
+            if r not in ready and r.name not in told:
+                log(f"  {r.name} waits: no weights at {mid}.json / .safetensors yet (the recipe's mid stage makes "
+                    f"them); it runs once they exist")
+                told.add(r.name)
+        if not ready:
+            break
+        row = ready[0]
         left = None if deadline is None else (deadline - time.perf_counter()) / 60
         if left is not None and left <= 0:
-            log(f"  --max-minutes reached: {len(todo) - i} row(s) left; rerun the same command to go on")
-            return {"made": made, "skipped": skipped, "stopped": True}
-        log(f"  row {i + 1}/{len(todo)}: {row.name} ({row.describe()}, batch {row.batch})")
+            log(f"  --max-minutes reached: {len(pending)} row(s) left; rerun the same command to go on")
+            return {"made": made, "skipped": [r.name for r in pending if r.model == "mid"], "stopped": True}
+        log(f"  row {len(rows) - len(pending) + 1}/{len(rows)}: {row.name} ({row.describe()}, batch {row.batch})")
         sample.main(sample_argv(row, row_pair(row, pair, mid, out), row_dir(out, row), per_class=per_class, seed=seed,
                                 precision=precision, device=device, threads=threads, max_minutes=left))
-        if row_done(out, row):
-            made.append(row.name)
-        else:
+        if not row_done(out, row):
             log("  --max-minutes reached inside the row; rerun the same command to go on")
-            return {"made": made, "skipped": skipped, "stopped": True}
-    return {"made": made, "skipped": skipped, "stopped": False}
+            return {"made": made, "skipped": [r.name for r in pending if r.model == "mid" and r is not row],
+                    "stopped": True}
+        made.append(row.name)
+        pending.remove(row)
+    return {"made": made, "skipped": [r.name for r in pending], "stopped": False}
 
 
 # ---- quality: the numbers -----------------------------------------------------------------------------
