@@ -228,6 +228,15 @@ def verdict(points: list[Point], total_rows: int | None = None) -> str:
         lines.append(f"- **Below the curve: {len(below)}** (worse FID-tiny than a plain model of the same speed, "
                      f"intervals apart)." + (f" Faster than every plain model: {', '.join(a.name for a in beyond)}."
                                              if beyond else ""))
+        faster = sorted((a for a in sides.values() if a and a.speed_gain and a.speed_gain > 1),
+                        key=lambda a: -a.speed_gain)
+        reach = [a for a in sides.values() if a and a.speed_gain]
+        lines.append(f"- **At equal FID-tiny** (medians, no intervals): {len(faster)} of {len(reach)} settings whose "
+                     f"FID-tiny the curve reaches are faster than a plain model of that FID"
+                     + (": " + ", ".join(f"{a.name} {a.speed_gain:.2f}×" for a in faster[:5])
+                        + (" …" if len(faster) > 5 else "") if faster else "")
+                     + (f"; {len(sides) - len(reach)} lie better than every plain model's FID-tiny or outside the "
+                        f"curve's range" if len(sides) > len(reach) else "") + ".")
     exact = [p for p in points if p.family == "exact" and p.fid_tiny is not None]
     if target is not None and exact:
         lo, hi = target.fid_ci

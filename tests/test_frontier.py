@@ -249,6 +249,10 @@ def test_verdict_names_settings_above_and_below_the_curve():
     assert "**On the curve (within the noise): 2**; the closest to above is **D→T e=5 sd_mask 3**" in text
     assert "**Below the curve: 1**" in text
     assert "1 of 1 inside the target's interval, 1 of 1 with a ΔFID interval that holds 0" in text
+    # at equal FID: T→D (1.3× where the curve reaches 4.0 at 1.07×) and D→T are faster; γ=2 (FID 3.6, at 0.45×)
+    # and the relaxed row (FID 6.0 at 0.6×) are slower than plain models of their FID
+    assert "2 of 4 settings whose FID-tiny the curve reaches are faster than a plain model of that FID: " \
+           "T→D e=8 sd_mask 3 1.22×, D→T e=5 sd_mask 3 1.02×." in text
     assert fr.pareto(pts) == ["target only", "T→D e=8 sd_mask 3", fr.MID_NAME, "draft only"]
     # nothing above: the verdict says so; without the mid model the curve says it is missing
     text = fr.verdict([PLAIN[0], PLAIN[2], on, exact])
