@@ -33,6 +33,7 @@ FAMILIES = {"plain": "plain models", "D→T": "hand-off D→T (draft first)", "T
 CLAIM_CALLS = 5.0          # target calls ≤ 5 of 10
 CLAIM_SPEEDUP = (1.3, 1.7)  # speed-up 1.3–1.7×
 CLAIM_DFID = 0.07          # FID ≤ +0.07 against the target alone
+GOAL_HALF_WIDTH = 0.5     # issue 21: the target's FID-tiny 95 % interval at most ±0.5
 METRICS = {"fid_tiny": ("FID-tiny (lower is better)", False), "class_accuracy": ("class accuracy", True)}
 
 
@@ -199,6 +200,10 @@ def verdict(points: list[Point], total_rows: int | None = None) -> str:
              f"{len(placed)} have both (only those are drawn and judged against the curve)."]
     curve = plain_curve(points)
     target = next((p for p in points if p.name == TARGET_NAME and p.fid_tiny is not None), None)
+    if target is not None:
+        half = (target.fid_ci[1] - target.fid_ci[0]) / 2
+        lines.append(f"- **Noise:** the target alone's {_fid(target)} from {target.images} images: half-width "
+                     f"{half:.2f} (goal ≤ {GOAL_HALF_WIDTH}: {'met' if half <= GOAL_HALF_WIDTH else 'not met'}).")
     if len(curve) < 2:
         lines.append("- **Plain-models curve:** not yet — it needs at least two plain models with speed and quality "
                      "(the target alone and the draft alone first).")

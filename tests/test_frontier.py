@@ -218,7 +218,7 @@ def P(name, family, x, fid, half=0.3, **kw):
                     fid_ci=(fid - half, fid + half), class_accuracy=0.9, accuracy_ci=(0.88, 0.92), **kw)
 
 
-PLAIN = [P("target only", "plain", 1.0, 3.5, dfid=0.0, dfid_ci=(0.0, 0.0), target_calls=10.0),
+PLAIN = [P("target only", "plain", 1.0, 3.5, dfid=0.0, dfid_ci=(0.0, 0.0), target_calls=10.0, images=1000),
          P(fr.MID_NAME, "plain", 1.6, 8.0), P("draft only", "plain", 2.5, 15.0)]
 
 
@@ -245,6 +245,9 @@ def test_verdict_names_settings_above_and_below_the_curve():
     assert fr.against(on, curve).side == "on" and fr.against(below, curve).side == "below"
     text = fr.verdict(pts)
     assert "7 of 8 rows have their quality measured and 7 their speed; 7 have both" in text
+    assert "half-width 0.30 (goal ≤ 0.5: met)" in text
+    assert "half-width 0.60 (goal ≤ 0.5: not met)" in fr.verdict([P("target only", "plain", 1.0, 3.5, half=0.6,
+                                                                    images=100)])
     assert "**Above the curve (1):** **T→D e=8 sd_mask 3**" in text and "1.75 [1.15, 2.35]" in text
     assert "**On the curve (within the noise): 2**; the closest to above is **D→T e=5 sd_mask 3**" in text
     assert "**Below the curve: 1**" in text
