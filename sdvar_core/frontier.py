@@ -212,6 +212,9 @@ def verdict(points: list[Point], total_rows: int | None = None) -> str:
                      + ("" if any(p.name == MID_NAME for p in curve)
                         else " (the plain mid model is not in it yet: its weights or runs are missing)") + ".")
         sides = {p.name: against(p, curve) for p in placed if p.family != "plain"}
+        if not sides:
+            lines.append("- **SDVAR settings:** none has both its speed and its quality measured yet.")
+    if len(curve) >= 2 and sides:
         above = sorted((a for a in sides.values() if a and a.side == "above"), key=lambda a: -a.gain)
         by_name = {p.name: p for p in points}
         if above:

@@ -261,6 +261,8 @@ def test_verdict_names_settings_above_and_below_the_curve():
     text = fr.verdict([PLAIN[0], PLAIN[2], on, exact])
     assert "**Above the curve: none**" in text and "plain mid model is not in it yet" in text
     assert "needs at least two plain models" in fr.verdict([PLAIN[0], exact])
+    text = fr.verdict([PLAIN[0], PLAIN[2], fr.Point("spec γ=1 exact", "exact")])
+    assert "none has both its speed and its quality measured yet" in text and "Above the curve" not in text
 
 
 def test_claims_read_calls_speed_and_the_dfid_interval():
