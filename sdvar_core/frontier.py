@@ -222,7 +222,11 @@ def verdict(points: list[Point], total_rows: int | None = None) -> str:
                 f"**{a.name}** ({by_name[a.name].speedup:.2f}×, {_fid(by_name[a.name])}) is {a.gain:.2f} "
                 f"{_ci(a.gain_ci)} FID-tiny better than a plain model of its speed (curve {a.curve_fid:.2f} "
                 f"{_ci(a.curve_ci)})" + (f", {a.speed_gain:.2f}× as fast as a plain model of its FID"
-                                         if a.speed_gain else "") for a in above) + ".")
+                                         if a.speed_gain else "") for a in above) + "."
+                         + ("" if any(p.name == MID_NAME for p in curve) else
+                            " **Provisional:** without the plain mid model the curve is a straight line from the "
+                            "target to the draft, and a plain model between them may well lie below that line "
+                            "(better), which would shrink or remove this gain."))
         else:
             lines.append("- **Above the curve: none** — no SDVAR setting measured so far is better than a plain "
                          "model of the same speed by more than the noise.")

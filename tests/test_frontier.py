@@ -249,6 +249,8 @@ def test_verdict_names_settings_above_and_below_the_curve():
     assert "half-width 0.60 (goal ≤ 0.5: not met)" in fr.verdict([P("target only", "plain", 1.0, 3.5, half=0.6,
                                                                     images=100)])
     assert "**Above the curve (1):** **T→D e=8 sd_mask 3**" in text and "1.75 [1.15, 2.35]" in text
+    assert "Provisional" not in text                                          # the mid model is in the curve
+    assert "**Provisional:** without the plain mid model" in fr.verdict([PLAIN[0], PLAIN[2], above])
     assert "**On the curve (within the noise): 2**; the closest to above is **D→T e=5 sd_mask 3**" in text
     assert "**Below the curve: 1**" in text
     assert "1 of 1 inside the target's interval, 1 of 1 with a ΔFID interval that holds 0" in text
