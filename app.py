@@ -1,6 +1,6 @@
 """SDVAR Explorer: speculative decoding on VAR, scale by scale (Gradio app).
 
-The page: a header (model picker, precomputed runs) and four tabs, each laid out and wired by its
+The page: a header (model picker, precomputed runs) and five tabs, each laid out and wired by its
 module in `ui/`. The runs come from `sdvar_core.explore` (the engine), the figures from
 `sdvar_core.viz`; every number on a page comes from runs of the same click. What serving it to the
 public needs (limits from SDVAR_* variables, the sweep lane, cleaning up) is in `ui/hosting`.
@@ -23,7 +23,7 @@ import torch
 from sdvar_core.config import ASSETS_DIR, CLASSIFIER_STEM, EXAMPLES_DIR, FRONTIER_JSON
 from sdvar_core.explore import MODELS, PairBank, default_pair_loader, load_quality_classifier, scan_bundles
 from sdvar_core.runtime import resolve_device
-from ui import compare_tab, generate_tab, masks_tab, shapes_tab
+from ui import compare_tab, generate_tab, masks_tab, picture_tab, shapes_tab
 from ui.common import CSS, View, pair_info
 from ui.hosting import Host, Limits, cache_schedule, limit_malloc_arenas, safe, trim_heap_every
 
@@ -100,11 +100,14 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
                 shapes_tab.build(view, tiny.layout.num_scales)
             with gr.Tab("Compare", id="compare"):
                 compare_tab.build(view, tiny.layout.num_scales, precomputed)
+            with gr.Tab("Your picture", id="picture"):
+                picture_tab.build(view, tiny, host.limits.session_ttl)
 
-        generate_tab.wire(view, demo, bank, bundles, host.limits)
+        generate_tab.wire(view, demo, bank, bundles, host)
         masks_tab.wire(view, demo, bank, host.limits)
         shapes_tab.wire(view)
         compare_tab.wire(view, demo, bank, host, precomputed)
+        picture_tab.wire(view, demo, bank, host.limits)
     demo.queue(default_concurrency_limit=4, max_size=host.limits.queue_size)
     demo.sdvar_host = host   # for launch() and the tests
     return demo

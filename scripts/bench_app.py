@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,9 @@ from sdvar_core.config import EXAMPLES_DIR  # noqa: E402
 from sdvar_core.explore import DEFAULT_INPUTS, list_bundles  # noqa: E402  (the timed app runs in its own process)
 from ui.common import named_outputs  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory_check import free_port, stop_app  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> float:
@@ -94,11 +90,7 @@ def main(argv=None) -> None:
         client.predict(api_name="/mask_view", mask_rule=1, mask_entry=4, mask_full=False)
         rows.append(("mask view (/mask_view)", [time.perf_counter() - t]))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc, timeout=10)
     print(f"spawned at +0.0 s, total bench {time.perf_counter() - t_spawn:.1f} s; pair: {info.split('**')[3]}")
     width = max(len(r[0]) for r in rows)
     print(f"{'measurement'.ljust(width)}  median s   min s   max s   n")

@@ -30,6 +30,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_app(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """End an app started as a subprocess: terminate, then kill if it has not exited within `timeout` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of process `pid` in MiB (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -106,11 +115,7 @@ def measure(checkpoints=(20, 300), generate_every: int = 10, env: dict | None = 
                 log(f"{i:4d} sessions: RSS {out[i]:.0f} MiB ({time.time() - t0:.0f} s)")
         return out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
 
 
 def main(argv=None) -> None:

@@ -1,17 +1,22 @@
-"""What a round costs on this device, measured by running the engine: the γ planner's input.
+"""What a round costs on this device: the γ planner's input, from a cost prior and every run's trace.
 
-`planner_for(pair, batch, settings)` gives the `planner.Planner` that generate(gamma="auto") uses.
-On first use for a (pair, device, precision, threads, batch) it calibrates: a few short runs of
-the engine itself (`calibration_runs`: speculative γ = 1 unforced, forced all-pass rounds of
-γ = K, 3, 2, a target→draft hand-off), whose traces give the seconds of each model call by
-window (scales s..e fed on a cache of scales < s: its query and KV length) and of the work between
-calls (`Timings`). Windows never run are priced by a least-squares fit per model,
-seconds ≈ a + b·n + c·n·kv (n positions fed, kv keys seen, a, b, c ≥ 0). The unforced run also
-gives the first pass-probability observations of every scale (the prior of `PassEstimator`).
+`planner_for(pair, batch, settings)` gives the `planner.Planner` that generate(gamma="auto") uses
+(importing this module installs it as the engine's default). On first use for a (pair, device,
+precision, threads, batch) it times two calls of each model on random inputs — one scale (scale 0)
+and the window of scales 0..PRIOR_WINDOW on a fresh cache, each after an untimed warm-up call of the
+same shapes (first calls pay for allocations and kernel choices) — and the work between calls of
+every scale size on random logits: together under a fifth of one plain generation. Each model's seconds per call then follow its FLOPs (`costprior.call_flops`, from the
+shapes), seconds ≈ a + θ·FLOPs(n, kv) = a + b·n + c·n·kv (n positions fed, kv keys after the call;
+the weights' bytes, read once per call, are in a). Every run the planner plans hands its trace back
+(`Planner.learn`): measured windows replace the prior, and once a model has ≥ 3 measured windows a
+least-squares fit of (a, b, c) over them prices the windows never run (`Timings`).
+
+Pass probabilities start optimistic (π = 1 worth 0.2 observations) and learn from every judged
+scale: a draft is tried where it could pay, and dropped at once where it does not; where drafting
+cannot pay even if every scale passed (a CPU), γ = 0 from the first round.
 
 Cached in memory per key and, unless SDVAR_CACHE_DIR=off, as JSON under SDVAR_CACHE_DIR (default
-~/.cache/sdvar_explorer/planner); every later auto run refreshes the timings from its own trace
-(exponential moving average), so the costs follow the machine's load.
+~/.cache/sdvar_explorer/planner); the timings follow the machine's load (exponential moving average).
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ import hashlib
 import json
 import os
 import threading
+import time
 import weakref
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,25 +34,20 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-from .engine import Pair, Settings, generate
+from . import engine
+from .costprior import call_flops
+from .engine import Pair, Settings
 from .planner import Costs, PassEstimator, Planner
-from .runtime import machine_name
+from .runtime import autocast_for, autocast_session, machine_name
+from .sampling import cfg_mix, guidance, probabilities, sample
 
-VERSION = 1
+VERSION = 2
 EMA = 0.2                   # weight of a new run's timing in the running estimate
+PRIOR_WINDOW = 4            # the prior's second timed call feeds scales 0..PRIOR_WINDOW
+MIN_FIT_WINDOWS = 3         # measured windows of a model before a fit over them replaces the prior
+OPTIMISTIC_PASS = 1.0       # the pass prior: try a draft where it could pay (see the module docstring)
 CALIBRATION_SEED = 7919
 PASS_SETTINGS = ("cfg", "top_k", "top_p", "accept", "tau", "lenience", "keep_draft_rejected", "verify_mask")
-
-
-def calibration_runs(K: int) -> list[tuple[str, dict, bool]]:
-    """(mode, settings, force every drafted scale to pass) of the calibration runs, after one warm-up.
-    The first one alone gives the pass prior (and timings of steps and one-scale verifications)."""
-    half = K // 2
-    return [("speculative", {"gamma": 1}, False),          # every scale drafted and judged
-            ("speculative", {"gamma": K}, True),            # the widest target window
-            ("speculative", {"gamma": 3}, True),
-            ("speculative", {"gamma": 2}, True),
-            ("schedule", {"schedule": "T" * half + "D" * (K - half), "sd_mask": 3}, False)]   # a draft catch-up
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Timings:
     """Mean seconds measured: per call window (model, s, e), and per scale of the work between calls."""
 
     num_scales: int
+    prior: dict = field(default_factory=dict)   # model → [a, b, c] of the cost prior (`calibrate`)
     calls: dict = field(default_factory=dict)   # "model s e" → [mean seconds, observations]
     make: dict = field(default_factory=dict)    # "k" → [mean, n]: after a call that made scale k
     judge: dict = field(default_factory=dict)   # "k" → [mean, n]: after verifying scale k alone
@@ -80,7 +82,11 @@ class Timings:
                 self._add(self.judge, str(e), gap, ema)
 
     def fit(self, model: str, layout) -> tuple[float, float, float]:
-        """(a, b, c) ≥ 0 of seconds ≈ a + b·n + c·n·kv over the measured windows of `model` (relative errors)."""
+        """(a, b, c) ≥ 0 of seconds ≈ a + b·n + c·n·kv: the least-squares fit over the measured windows of
+        `model` (relative errors), or the cost prior while fewer than MIN_FIT_WINDOWS were measured."""
+        measured = sum(1 for key in self.calls if key.split()[0] == model)
+        if model in self.prior and measured < MIN_FIT_WINDOWS:
+            return tuple(float(v) for v in self.prior[model])
         rows, ys = [], []
         for key, (mean, _) in self.calls.items():
             m, s, e = key.split()
@@ -123,50 +129,74 @@ class Timings:
 # ---- calibration -----------------------------------------------------------------------------------
 
 
-def run_settings(settings: Settings) -> dict:
-    """The settings of the calibration runs: the caller's, with γ fixed and no preview decodes."""
-    s = {f.name: getattr(settings, f.name) for f in fields(Settings)}
-    s.update(gamma=2, adaptive_gamma=False, entry_num=None, schedule=None, progressive=False)
-    return s
+def flop_coefficients(cfg, rows: int) -> tuple[float, float]:
+    """(β, γ) with call_flops(cfg, rows, n, kv) = β·n + γ·n·kv."""
+    beta = call_flops(cfg, rows, 1, 0)
+    return beta, call_flops(cfg, rows, 1, 1) - beta
 
 
-def calibrate(pair: Pair, batch: int, settings: Settings, log=None, passes_only: bool = False
-              ) -> tuple[Timings, PassEstimator]:
-    """Run the calibration runs (after one untimed warm-up; passes_only: the first one only) →
-    (timings, a pass estimator holding their observations)."""
-    K = pair.layout.num_scales
-    ids = [i % pair.num_classes for i in range(batch)]
-    base = run_settings(settings)
-    generate(pair, "target", ids, CALIBRATION_SEED, **base)   # warm-up
-    timings, passes = Timings(K), PassEstimator(K)
-    runs = calibration_runs(K)
-    for i, (mode, extra, forced) in enumerate(runs[:1] if passes_only else runs):
-        trace = generate(pair, mode, ids, CALIBRATION_SEED + i, accept_override=(lambda k: True) if forced else None,
-                         **{**base, **extra}).trace
-        timings.add(trace)
-        if mode == "speculative" and not forced:
-            observe_passes(passes, trace, settings)
-        if log:
-            log(f"calibration run {i + 1}: {mode} {extra}, {trace.timings['total']:.3f} s")
-    return timings, passes
+def _seconds(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
-def observe_passes(passes: PassEstimator, trace, settings: Settings) -> None:
-    """Every judged scale of a trace's rounds as an observation (see speculative.observe)."""
-    from .planner import batch_pass_probability
+@torch.no_grad()
+def calibrate(pair: Pair, batch: int, precision: str, log=None) -> Timings:
+    """The cost prior of `pair` at this batch size and precision (see the module docstring): two timed
+    calls per model after a warm-up, and the work between calls of every scale on random logits."""
+    layout, device = pair.layout, pair.target.device
+    K, cvae = layout.num_scales, pair.vqvae.cfg.z_channels
+    autocast = autocast_for(device, precision)
+    g = torch.Generator(device=device).manual_seed(CALIBRATION_SEED)
+    ids = torch.arange(batch, device=device) % pair.num_classes
+    timings = Timings(K)
+    t0 = time.perf_counter()
+    with autocast_session(device, precision), autocast():
+        for name in ("draft", "target"):
+            model = getattr(pair, name)
+            cond = model.condition(ids)
+            mods = model.modulations(cond)
 
-    for rd in trace.rounds:
-        judged = rd.accepted_scales + ([rd.corrected_scale] if rd.corrected_scale is not None else [])
-        for k in judged:
-            rec = trace.scales[k]
-            p = batch_pass_probability(rec.p_draft, rec.q_draft) if settings.exact else float(k in rd.accepted_scales)
-            passes.observe(k, p)
+            def call(last: int) -> None:   # scales 0..last on a fresh cache
+                n = layout.ends[last]
+                latents = torch.randn(batch, n - layout.sizes[0], cvae, device=device) if last else None
+                model.forward_window(model.embed_window(cond, 0, latents), cond, model.new_cache(), None, mods)
+
+            call(0), call(PRIOR_WINDOW)   # warm-up: first-call allocations and kernel choices of these shapes
+            t_one, t_window = _seconds(lambda: call(0), device), _seconds(lambda: call(PRIOR_WINDOW), device)
+            beta, gamma = flop_coefficients(model.cfg, 2 * batch)
+            f_one = beta * layout.ends[0] + gamma * layout.ends[0] ** 2
+            f_window = beta * layout.ends[PRIOR_WINDOW] + gamma * layout.ends[PRIOR_WINDOW] ** 2
+            theta = max(t_window - t_one, 0.0) / (f_window - f_one)
+            timings.prior[name] = [max(t_one - theta * f_one, 0.0), theta * beta, theta * gamma]
+            timings.calls[f"{name} 0 0"] = [t_one, 1]
+            timings.calls[f"{name} 0 {PRIOR_WINDOW}"] = [t_window, 1]
+        V, settings = pair.vqvae.cfg.vocab_size, Settings()
+        for k in range(K):   # the work after a call: distribution, sample, canvas, next input
+            n = layout.sizes[k]
+            logits = torch.randn(2 * batch, n, V, device=device, generator=g)
+
+            def make() -> None:
+                p = probabilities(cfg_mix(logits, guidance(settings.cfg, k, K)), settings.top_k, settings.top_p)
+                f_hat = pair.vqvae.scale_contribution(k, sample(p, g))
+                if k + 1 < K:
+                    pair.vqvae.next_input(k, f_hat)
+            timings.make[str(k)] = [_seconds(make, device), 1]
+    if log:
+        log(f"cost prior of {pair.name}: {time.perf_counter() - t0:.2f} s")
+    return timings
 
 
 # ---- the planners on offer, in memory and on disk ----------------------------------------------------
 
 _LOCK = threading.Lock()
 _TIMINGS: dict[str, Timings] = {}
+_PASSES: dict[str, dict[str, PassEstimator]] = {}   # cost key → pass key → estimator
 _PLANNERS: dict[tuple[str, str], Planner] = {}
 _FINGERPRINTS: dict[int, tuple[weakref.ref, str]] = {}
 
@@ -221,12 +251,13 @@ def _load(key: str) -> dict | None:
     return data if data and data.get("version") == VERSION and data.get("key") == key else None
 
 
-def _save(key: str, timings: Timings, passes: dict[str, PassEstimator]) -> None:
+def _save(key: str) -> None:
+    """Store the timings and pass estimators of `key` (caller holds _LOCK)."""
     path = _path(key)
     if path is None:
         return
-    data = {"version": VERSION, "key": key, "timings": asdict(timings),
-            "passes": {k: v.to_dict() for k, v in passes.items()}}
+    data = {"version": VERSION, "key": key, "timings": asdict(_TIMINGS[key]),
+            "passes": {k: v.to_dict() for k, v in _PASSES.get(key, {}).items()}}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -236,50 +267,57 @@ def _save(key: str, timings: Timings, passes: dict[str, PassEstimator]) -> None:
         pass   # a read-only home: the in-memory cache still works
 
 
+def new_estimator(num_scales: int) -> PassEstimator:
+    """The pass estimator of settings never seen: optimistic (see the module docstring)."""
+    return PassEstimator(num_scales, prior_mean=OPTIMISTIC_PASS)
+
+
 def planner_for(pair: Pair, batch: int, settings: Settings, log=None, fresh: bool = False) -> Planner:
-    """The planner for `pair` at this batch size and these settings: cached, else loaded, else calibrated.
-    fresh: calibrate now, whatever the memory and disk caches hold (benchmarks: the machine as it is)."""
+    """The planner for `pair` at this batch size and these settings: cached, else loaded, else from a new
+    cost prior. fresh: time the prior now, whatever the memory and disk caches hold (benchmarks)."""
     ck, pk = cost_key(pair, batch, settings.precision), pass_key(settings)
     with _LOCK:
         if fresh:
             _TIMINGS.pop(ck, None)
+            _PASSES.pop(ck, None)
             for key in [k for k in _PLANNERS if k[0] == ck]:
                 del _PLANNERS[key]
         if (ck, pk) in _PLANNERS:
             return _PLANNERS[(ck, pk)]
-        stored = None if fresh else _load(ck)
-        passes = {}
-        if ck not in _TIMINGS and stored is not None:
-            _TIMINGS[ck] = Timings(**stored["timings"])
-        if stored is not None:
-            passes = {k: PassEstimator(**v) for k, v in stored["passes"].items()}
-        if ck not in _TIMINGS or pk not in passes:
-            timings, prior = calibrate(pair, batch, settings, log, passes_only=ck in _TIMINGS)
-            if ck in _TIMINGS:   # known costs: this calibration only adds the pass prior (and more timings)
-                for table in ("calls", "make", "judge"):
-                    for key, (mean, _) in getattr(timings, table).items():
-                        Timings._add(getattr(_TIMINGS[ck], table), key, mean, EMA)
+        if ck not in _TIMINGS:
+            stored = None if fresh else _load(ck)
+            if stored is not None:
+                _TIMINGS[ck] = Timings(**stored["timings"])
+                _PASSES[ck] = {k: PassEstimator(**v) for k, v in stored["passes"].items()}
             else:
-                _TIMINGS[ck] = timings
-            passes[pk] = prior
-            _save(ck, _TIMINGS[ck], passes)
-        planner = Planner(_TIMINGS[ck].costs(pair.layout), passes[pk], source=f"calibrated: {ck}")
+                _TIMINGS[ck], _PASSES[ck] = calibrate(pair, batch, settings.precision, log), {}
+                _save(ck)
+        estimator = _PASSES[ck].setdefault(pk, new_estimator(pair.layout.num_scales))
+        layout = pair.layout
+        planner = Planner(_TIMINGS[ck].costs(layout), estimator, source=f"calibrated: {ck}",
+                          learn=lambda trace: _learn(ck, layout, trace))
         _PLANNERS[(ck, pk)] = planner
         return planner
 
 
-def refresh(pair: Pair, batch: int, settings: Settings, trace) -> None:
-    """Fold an auto run's trace into its timings and hand the new costs to every planner that uses them."""
-    ck = cost_key(pair, batch, settings.precision)
+def _learn(ck: str, layout, trace) -> None:
+    """Fold a run's call timings into the timings of `ck`, hand the new costs to every planner that uses
+    them, and store them (the pass estimators learn in the engine, round by round)."""
     with _LOCK:
         timings = _TIMINGS.get(ck)
         if timings is None:
             return
         timings.add(trace, ema=EMA)
-        costs = timings.costs(pair.layout)
+        costs = timings.costs(layout)
         for (k, _), planner in _PLANNERS.items():
             if k == ck:
                 planner.set_costs(costs)
+        _save(ck)
+
+
+def refresh(pair: Pair, batch: int, settings: Settings, trace) -> None:
+    """Fold a run's trace (of `pair` at this batch size and precision) into its timings."""
+    _learn(cost_key(pair, batch, settings.precision), pair.layout, trace)
 
 
 def timings_for(pair: Pair, batch: int, precision: str) -> Timings | None:
@@ -292,6 +330,7 @@ def forget() -> None:
     """Drop the in-memory calibrations (the disk cache stays)."""
     with _LOCK:
         _TIMINGS.clear()
+        _PASSES.clear()
         _PLANNERS.clear()
 
 
@@ -304,3 +343,6 @@ def describe(costs: Costs) -> str:
             f"target whole-image window ms: {1000 * costs.target[0][K - 1]:.1f}\n"
             f"make ms: {fmt(costs.make)}\njudge ms: {fmt(costs.judge)}")
 
+
+
+engine.set_default_planner(planner_for)

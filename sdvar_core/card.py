@@ -187,8 +187,9 @@ def write_markdown(path: Path, card: dict) -> None:
     vq = m["vqvae"]
     lines.append(f"| VQ-VAE | V={vq['config']['vocab_size']}, Cvae={vq['config']['z_channels']}, ch={vq['config']['ch']}, "
                  f"ch_mult={vq['config']['ch_mult']} | {vq.get('steps')} steps × {vq.get('batch_size')}, "
-                 f"{vq.get('precision', 'fp32')}, {vq.get('wall_time_s')} s on {vq.get('machine')} | held-out PSNR "
-                 f"{vq.get('heldout_psnr_db')} dB, codebook usage {vq.get('codebook_usage')} |")
+                 f"{vq.get('precision', 'fp32')}, {vq.get('wall_time_s')} s on {vq.get('machine')} | reconstruction PSNR "
+                 f"{vq.get('heldout_psnr_db')} dB on {vq.get('eval_images')} held-out real images (mean per image; "
+                 f"what `encode_image` → decode reaches on such pictures), codebook usage {vq.get('codebook_usage')} |")
     for name in ("target", "draft", "mid"):
         if name not in ev:   # the plain mid model is optional
             continue

@@ -5,10 +5,17 @@ canvas of final tokens (`Canvas`) — and records the Trace while it runs.
 `generate(pair, mode, class_ids, seed, **settings)` is the public entry.
 
 Precision: with 'bf16' (CUDA, or a CPU with native bf16) or 'fp16' (CUDA) the model calls and the
-final decode run under autocast; sampling, acceptance tests and the latent canvas stay fp32.
+final decode run under autocast; sampling, acceptance tests and the latent canvas stay fp32. A pair
+whose VARs are held in bf16 (`Pair.precision`, official pairs on such CPUs) runs in bf16 only.
+
+Streaming: `on_scale(ScaleDone)` is called after each finalized scale, with the picture so far when
+the run decodes previews (`progressive`); the run's clock stops while previews decode, so the
+trace's timings leave them out. The engine knows nothing of how γ="auto" is planned: the caller
+gives a planner, or the default one installed with `set_default_planner` (the calibration layer's).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -17,9 +24,10 @@ import numpy as np
 import torch
 
 from . import masks
-from .runtime import autocast_for, autocast_session
+from .picture import context as picture_context
+from .runtime import DTYPES, autocast_for, autocast_session
 from .sampling import cfg_mix, guidance, probabilities, sample, smooth_weights
-from .trace import DRAFT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
+from .trace import DRAFT, INPUT, TARGET, ModelCall, ScaleRecord, ShapeRecord, Trace
 from .validate import MODES, check, check_settings
 
 # The acceptance generator's seed is one step of Knuth's MMIX linear congruential generator applied to
@@ -55,6 +63,12 @@ class Pair:
     @property
     def layout(self):
         return self.vqvae.cfg.layout
+
+    @property
+    def precision(self) -> str:
+        """The precision the VARs' weights are held in: 'fp32', or 'bf16'/'fp16' (then runs use it)."""
+        dtype = self.target.head.weight.dtype
+        return next(name for name, d in DTYPES.items() if d == dtype)
 
 
 @dataclass
@@ -105,6 +119,32 @@ class Result:
     trace: Trace
 
 
+@dataclass
+class ScaleDone:
+    """What `on_scale` gets after each finalized scale (its tokens will not change any more)."""
+
+    done: int                  # scales finalized so far, 1..total
+    total: int                 # K
+    record: ScaleRecord        # the scale's tokens (B, pn²), status, producer
+    image: np.ndarray | None   # (B, H, W, 3) uint8: the picture after this scale (progressive runs), else None
+    target_calls: int          # model calls so far
+    draft_calls: int
+    seconds: float             # the run's clock (previews left out)
+    decode: Callable[[], np.ndarray]   # the picture after this scale, decoded now if not yet (clock paused);
+                                       # it becomes the scale's picture in the trace
+
+
+PlannerSource = Callable[["Pair", int, Settings], object]
+_default_planner: PlannerSource | None = None
+
+
+def set_default_planner(source: PlannerSource | None) -> None:
+    """Install what gives generate(gamma="auto") its planner when the caller gives none:
+    source(pair, batch, settings) → a `planner.Planner` (the calibration layer installs its own)."""
+    global _default_planner
+    _default_planner = source
+
+
 class Canvas:
     """Final tokens so far and the cumulative latent after each scale; scale k's VAR input comes from here."""
 
@@ -146,6 +186,7 @@ class Recorder:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.t0 = time.perf_counter()
+        self.paused_seconds = 0.0
         self.calls: list[ModelCall] = []
         self.shapes: list[ShapeRecord] = []
         self._seen: set = set()
@@ -154,6 +195,17 @@ class Recorder:
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - self.t0
+
+    @contextlib.contextmanager
+    def paused(self):
+        """The run's clock stands still inside (preview decodes are not part of the run's time)."""
+        t = self.now()
+        try:
+            yield
+        finally:
+            gap = self.now() - t
+            self.t0 += gap
+            self.paused_seconds += gap
 
     def shape(self, scale: int, model: str, tensor: str, value) -> None:
         shape = list(value.shape) if hasattr(value, "shape") else list(value)
@@ -170,8 +222,10 @@ class Runner:
     def __init__(self, name: str, model, class_ids: torch.Tensor, canvas: Canvas, rec: Recorder, autocast):
         self.name, self.model, self.canvas, self.rec, self.autocast = name, model, canvas, rec, autocast
         self.layout = model.cfg.layout
-        self.cond = model.condition(class_ids)       # (2B, C)
-        self.mods = model.modulations(self.cond)     # AdaLN modulations: constant over the run
+        held_low = model.head.weight.dtype != torch.float32   # bf16 weights mix with fp32 inputs under autocast
+        with autocast() if held_low else contextlib.nullcontext():
+            self.cond = model.condition(class_ids)       # (2B, C)
+            self.mods = model.modulations(self.cond)     # AdaLN modulations: constant over the run
         self.cache = model.new_cache()
         self.next_scale = 0   # first scale whose inputs are not in the cache
         self.cache_from = 0   # first cached scale (> 0 only after an sd_mask 0 hand-off)
@@ -222,8 +276,11 @@ class Runner:
 class Run:
     """Everything one `generate` call shares: pair, settings, generators, canvas, runners, trace records."""
 
-    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings, planner=None):
+    def __init__(self, pair: Pair, class_ids: torch.Tensor, seed: int, settings: Settings, planner=None,
+                 picture=None):
         self.pair, self.s, self.planner = pair, settings, planner   # planner: gamma="auto" (planner.Planner)
+        self.picture = picture       # picture.Context: a prefix and/or a kept region, or None
+        self.first = picture.prefix_scales if picture is not None else 0   # first scale the models make
         self.layout = pair.layout
         self.K = self.layout.num_scales
         device = pair.target.device
@@ -236,8 +293,29 @@ class Run:
                         for name in ("draft", "target")}
         self.records: dict[int, ScaleRecord] = {}
         self.rounds = []
-        self.on_scale = None         # progress callback, see generate
+        self.final = 0               # scales < final are finalized (and announced to on_scale)
+        self.frames: dict[int, np.ndarray] = {}   # scale → the picture after it (B, H, W, 3), where decoded
+        self.on_scale = None         # streaming callback, see generate
         self.accept_override = None  # forced verdicts of drafted scales, see generate
+        for k in range(self.first):  # the picture's first scales: on the canvas, fed with the first model call
+            idx = picture.tokens[k].expand(len(class_ids), -1).clone()
+            self.canvas.push(k, idx, "input")
+            self.record_scale(k, "input", idx, torch.full_like(idx, INPUT))
+
+    # ---- in-painting: outside the painted region every scale's tokens are the picture's ---------
+    def kept(self, k: int) -> torch.Tensor | None:
+        """(pn²,) bool: the positions of scale k that keep the picture's token, or None (no keep mask)."""
+        return None if self.picture is None or self.picture.keep is None else self.picture.keep[k]
+
+    def keep_input(self, k: int, idx: torch.Tensor) -> torch.Tensor:
+        """Sampled tokens (B, pn²) of scale k with the kept positions replaced by the picture's."""
+        keep = self.kept(k)
+        return idx if keep is None else torch.where(keep, self.picture.tokens[k], idx)
+
+    def mark_input(self, k: int, status: torch.Tensor) -> torch.Tensor:
+        """Status codes (B, pn²) with the kept positions of scale k marked INPUT."""
+        keep = self.kept(k)
+        return status if keep is None else torch.where(keep, torch.full_like(status, INPUT), status)
 
     def distribution(self, logits: torch.Tensor, k: int, model: str) -> torch.Tensor:
         """(2B, n, V) logits of scale k → the filtered CFG distribution sampled from, (B, n, V)."""
@@ -251,23 +329,46 @@ class Run:
         self.records[k] = ScaleRecord(scale=k, pn=self.layout.patch_nums[k], producer=producer,
                                       tokens=to_np(tokens), status=to_np(status).astype(np.int8),
                                       **{n: to_np(v) if isinstance(v, torch.Tensor) else v for n, v in extra.items()})
-        if self.on_scale is not None:
-            self.on_scale(len(self.records), self.K)
+
+    def finalize(self, upto: int) -> None:
+        """Scales < upto hold their final tokens on the canvas: decode their previews (clock paused) and
+        announce each to on_scale."""
+        for k in range(self.final, upto):
+            if self.s.progressive:
+                self.preview(k)
+            if self.on_scale is not None:
+                calls = [c.model for c in self.rec.calls]
+                self.on_scale(ScaleDone(k + 1, self.K, self.records[k], self.frames.get(k), calls.count("target"),
+                                        calls.count("draft"), self.rec.now(), lambda k=k: self.preview(k)))
+        self.final = max(self.final, upto)
+
+    def preview(self, k: int) -> np.ndarray:
+        """The picture after finalized scale k, (B, H, W, 3) uint8: decoded once, with the clock paused."""
+        if k not in self.frames:
+            with self.rec.paused(), self.autocast():
+                self.frames[k] = to_uint8(self.pair.vqvae.fhat_to_image(self.canvas.fhats[k]))
+        return self.frames[k]
 
     def make_scale(self, name: str, k: int, kind: str = "step", rule: int = 3) -> None:
         """Model `name` makes scale k alone: its call, its distribution, a sample, the canvas, the record."""
         logits = self.runners[name].forward_upto(k, kind, rule, current=k)[k]
         p = self.distribution(logits, k, name)
-        idx = sample(p, self.g_sample)
+        idx = self.keep_input(k, sample(p, self.g_sample))
         soft = smooth_weights(p, k, self.K, self.g_sample) if self.s.more_smooth else None
+        if soft is not None and self.kept(k) is not None:   # kept positions: the picture's codebook vector
+            one_hot = torch.nn.functional.one_hot(idx, soft.shape[-1]).to(soft.dtype)
+            soft = torch.where(self.kept(k)[:, None], one_hot, soft)
         self.canvas.push(k, idx, name, soft)
-        self.record_scale(k, name, idx, torch.full_like(idx, DRAFT if name == "draft" else TARGET))
+        self.record_scale(k, name, idx, self.mark_input(k, torch.full_like(idx, DRAFT if name == "draft" else TARGET)))
+        self.finalize(k + 1)
 
 
 def run_schedule(run: Run, schedule: str) -> None:
     """Each scale made by the model its letter names; a switch prefills the incoming model under sd_mask."""
     previous = None
     for k, letter in enumerate(schedule):
+        if k < run.first:   # the picture's prefix
+            continue
         name = "draft" if letter == "D" else "target"
         switch = previous is not None and name != previous
         kind, rule = ("prefill", run.s.sd_mask) if switch else ("step", 3)
@@ -282,19 +383,29 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
-             accept_override: Callable[[int], bool] | None = None, planner=None, **settings) -> Result:
+             accept_override: Callable[[int], bool] | None = None, planner=None,
+             prefix=None, prefix_scales: int = 0, keep_mask=None, **settings) -> Result:
     """Generate images with `pair` in `mode` ('target', 'draft', 'schedule', 'speculative').
 
     class_ids: int or sequence of B ints; settings: fields of `Settings`.
-    on_scale(done, total): optional progress callback after each finalized scale.
+    on_scale(ScaleDone): optional callback after each finalized scale (streaming: with the picture so
+    far when `progressive`); an exception raised in it ends the run (how a caller cancels one).
     accept_override(k) → bool (speculative mode; for benchmarks): the verdict on drafted scale k,
     asked once per judged scale instead of the acceptance test's. True keeps every drafted token
     of k for every sample; False rejects them all (the scale is finalized with the rule's
     replacements and ends the round). The model calls are then those the engine makes for that
     sequence of verdicts. The trace's settings say `forced_acceptance: True`.
-    planner (gamma="auto"): a `planner.Planner` that picks γ before each round; by default the one
-    `calibration.planner_for` keeps for this pair, batch and settings (measured on first use, then
-    refreshed from every run's trace). Each round's plan is in `trace.rounds[i].plan`.
+    planner (gamma="auto"): a `planner.Planner` that picks γ before each round; by default the one the
+    installed default source gives (`set_default_planner`; importing `sdvar_core` installs the
+    calibration layer's). After the run the planner's `learn(trace)` is called when it has one (the
+    calibration layer's planners fold the run's call timings into their costs). Each round's plan is
+    in `trace.rounds[i].plan`.
+    prefix: a picture's K token maps (`picture.encode_image`, or (pn, pn) int arrays), shared by the batch.
+    prefix_scales k: the picture's scales 1..k are taken whole (status INPUT, fed to each model with its
+    first call: teacher forcing) and the mode makes scales k+1..K; k = K returns the reconstruction.
+    keep_mask: (S, S) bool in image pixels, True = keep the picture (in-painting): at every scale a token
+    cell whose pixels are at least half kept (`picture.keep_grids`) takes the picture's token after each
+    model call; speculative decoding judges only the other tokens. The trace records both.
     Returns Result(images (B, H, W, 3) uint8, trace).
     """
     unknown = set(settings) - set(Settings.__dataclass_fields__)
@@ -314,50 +425,55 @@ def generate(pair: Pair, mode: str, class_ids, seed: int = 0, on_scale=None,
     class_ids = [check("class_id", c, num_classes=pair.num_classes) for c in list(class_ids)]
     device = pair.target.device
     class_ids = torch.as_tensor(class_ids, dtype=torch.long, device=device)
+    picture = picture_context(pair, prefix, prefix_scales, keep_mask)
     auto = mode == "speculative" and s.gamma == "auto"
     if planner is not None and not auto:
         raise ValueError("planner applies to speculative mode with gamma='auto' only")
-    calibrated = auto and planner is None
-    if calibrated and accept_override is not None:
-        raise ValueError("gamma='auto' with accept_override needs its own planner (forced verdicts would "
-                         "teach the shared one false pass probabilities)")
-    if calibrated:
-        from .calibration import planner_for
-        planner = planner_for(pair, len(class_ids), s)
+    if s.precision == "fp32" and pair.precision != "fp32":
+        raise ValueError(f"this pair's weights are held in {pair.precision}: run it with precision="
+                         f"'{pair.precision}', or load it in fp32 for fp32 runs")
+    if auto and planner is None:
+        if accept_override is not None:
+            raise ValueError("gamma='auto' with accept_override needs its own planner (forced verdicts would "
+                             "teach the shared one false pass probabilities)")
+        if _default_planner is None:
+            raise ValueError("gamma='auto' needs a planner: pass planner=..., or import sdvar_core.calibration")
+        planner = _default_planner(pair, len(class_ids), s)
 
     with autocast_session(device, s.precision):   # casts of the weights are made once per run
-        run = Run(pair, class_ids, seed, s, planner if auto else None)
+        run = Run(pair, class_ids, seed, s, planner if auto else None, picture)
         run.on_scale, run.accept_override = on_scale, accept_override
         if mode == "speculative":
             from .speculative import run_speculative
             run_speculative(run)
         else:
             run_schedule(run, s.schedule_string(mode, run.K))
+        run.finalize(run.K)   # a picture's every scale (k = K) is final without a model call
         t_loop = run.rec.now()
         with run.autocast():
             images = to_uint8(pair.vqvae.fhat_to_image(run.canvas.fhats[-1]))
         t_total = run.rec.now()
-        frames = None
-        if s.progressive:
-            with run.autocast():
-                frames = to_uint8(pair.vqvae.fhat_to_image(torch.cat(run.canvas.fhats)))
 
     scales = [run.records[k] for k in range(run.K)]
-    if frames is not None:
-        for k, rec in enumerate(scales):
-            rec.image = frames[k * len(class_ids):(k + 1) * len(class_ids)]
+    run.frames.setdefault(run.K - 1, images)   # the last scale's picture is the final one
+    for k, rec in enumerate(scales):
+        rec.image = run.frames.get(k)
     transformer = sum(c.seconds for c in run.rec.calls)
     settings_out = {"mode": mode, "seed": int(seed), "class_ids": class_ids.tolist(), "pair": pair.name, **asdict(s)}
     if mode != "speculative":
         settings_out["schedule_resolved"] = s.schedule_string(mode, run.K)
     if accept_override is not None:
         settings_out["forced_acceptance"] = True
+    if picture is not None:
+        settings_out.update(prefix_scales=picture.prefix_scales, inpaint=picture.keep is not None)
     trace = Trace(settings=settings_out, patch_nums=list(pair.layout.patch_nums), scales=scales,
                   calls=run.rec.calls, shapes=run.rec.shapes, rounds=run.rounds,
                   timings={"total": t_total, "transformer": transformer, "decode": t_total - t_loop,
-                           "overhead": t_loop - transformer, "progressive": run.rec.now() - t_total},
+                           "overhead": t_loop - transformer, "progressive": run.rec.paused_seconds},
                   images=images)
-    if calibrated:   # the measured costs follow the machine's present speed
-        from .calibration import refresh
-        refresh(pair, len(class_ids), s, trace)
+    if picture is not None:
+        trace.prefix_scales, trace.keep_mask = picture.prefix_scales, picture.keep_mask
+        trace.picture_tokens = torch.cat(picture.tokens, dim=1)[0].cpu().numpy()
+    if auto and getattr(planner, "learn", None) is not None:
+        planner.learn(trace)
     return Result(images=images, trace=trace)

@@ -6,6 +6,7 @@ runs, and notebooks can call them directly.
 """
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -20,8 +21,10 @@ from .checkpoints import load_classifier
 from .classifier import class_accuracy
 from .config import CLASSIFIER_STEM
 from .data import CLASS_NAMES
+from .click import run_click  # noqa: F401  (one click's runs: the app, the examples and the tests use it here)
 from .engine import Pair, Settings, generate
-from .trace import ACCEPTED, Trace
+from .runtime import best_precision, resolve_device
+from .trace import ACCEPTED, INPUT, Trace
 from .validate import check, check_list, shown
 
 log = logging.getLogger(__name__)
@@ -41,44 +44,63 @@ OFFICIAL_DEPTHS = {"d16-d20": (16, 20), "d16-d24": (16, 24), "d16-d30": (16, 30)
 
 
 def default_pair_loader(weights_dir: str | None = None):
-    """key → Pair: 'tiny' from assets/tiny, the official pairs from weights_dir / $SDVAR_WEIGHTS_DIR / the hub."""
-    def load(key: str) -> Pair:
+    """(key, precision) → Pair: 'tiny' from assets/tiny (held in fp32: it is small), the official pairs from
+    weights_dir / $SDVAR_WEIGHTS_DIR / the hub, their weight matrices held in `precision`."""
+    def load(key: str, precision: str = "fp32") -> Pair:
         from . import zoo
 
         if key == "tiny":
             return zoo.load_pair("tiny")
         draft, target = OFFICIAL_DEPTHS[key]
-        return zoo.load_pair(draft_depth=draft, target_depth=target, weights_dir=weights_dir)
+        return zoo.load_pair(draft_depth=draft, target_depth=target, weights_dir=weights_dir, precision=precision)
     return load
+
+
+def held_precision(key: str, device, precision: str | None = None) -> str:
+    """The precision a pair is held in: the embedded pair fp32; an official pair `precision` (bf16 or
+    fp16: half the memory; fp32), by default bf16 where it runs natively (CUDA, CPUs with bf16)."""
+    if key == "tiny":
+        return "fp32"
+    if precision is None:
+        return best_precision(device)
+    return precision
 
 
 class PairBank:
     """Loaded pairs, shared read-only by every session (models only; results live in the sessions).
 
-    Holds the embedded pair and at most one official pair: loading another official pair drops the
-    previous one (a d16 + d30 pair alone is about 9 GB in fp32).
+    Holds the embedded pair and at most one official pair, in one precision: loading another official
+    pair, or the same in another precision, drops the previous one (a d16 + d30 pair alone is about
+    9 GB in fp32, 4.6 GB with its matrices in bf16). loader(key, precision) → Pair.
     """
 
-    def __init__(self, loader):
+    def __init__(self, loader, device=None):
         self.loader = loader
+        self.device = resolve_device("auto" if device is None else device)
         self.pairs: dict[str, Pair] = {}
         self.notes: dict[str, str] = {}
         self.lock = threading.Lock()
 
-    def get(self, key: str) -> Pair:
-        """The pair for `key`; ValueError with a clear message when it cannot be loaded.
+    def get(self, key: str, precision: str | None = None) -> Pair:
+        """The pair for `key`, held in `precision` (None: as it is held, else `held_precision`'s default);
+        ValueError with a clear message when it cannot be loaded.
 
         If the embedded pair cannot be loaded (a file missing or damaged), an untrained pair with its
         shapes stands in, and `notes['tiny']` says which file and what still works.
         """
         key = check("model", key, choices=tuple(MODELS))
         with self.lock:
+            held = self.pairs.get(key)
+            want = held_precision(key, self.device, precision) if precision is not None or held is None else None
+            if held is not None and want is not None and held.precision != want:
+                del self.pairs[key]
             if key not in self.pairs:
                 if key != "tiny":
                     for other in [k for k in self.pairs if k != "tiny"]:
                         del self.pairs[other]
+                    gc.collect()   # the dropped pair's weights go before the next one's are read
                 try:
-                    self.pairs[key] = self.loader(key)
+                    self.pairs[key] = self.loader(key, want)
                 except Exception as e:  # a damaged or missing file of any kind: the app must keep running
                     if key != "tiny":
                         raise ValueError(f"{MODELS[key]} could not be loaded: {e}") from e
@@ -139,26 +161,6 @@ def class_index(pair: Pair, class_name, class_id) -> int:
     return check("class_id", class_id, num_classes=pair.num_classes)
 
 
-def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, on_progress=None) -> dict:
-    """The runs behind one click: the chosen mode, then target only and draft only with the same seed.
-
-    The chosen run decodes its picture after every scale; the comparisons decode only the final picture.
-    A comparison equal to the chosen mode reuses that run. Returns {"main", "target", "draft": Trace}.
-    """
-    seed, mode = check("seed", seed), check("mode", mode)
-    jobs = [("main", mode, settings, True)] + [(m, m, settings, False) for m in ("target", "draft") if m != mode]
-    K = pair.layout.num_scales
-    runs = {}
-    for i, (key, m, s, progressive) in enumerate(jobs):
-        def on_scale(done, total, i=i, m=m):
-            if on_progress is not None:
-                on_progress(i * K + done, len(jobs) * K, f"{m}: scale {done}/{total}")
-        runs[key] = generate(pair, m, [class_id], seed=seed, on_scale=on_scale, progressive=progressive, **s).trace
-    runs.setdefault("target", runs["main"])
-    runs.setdefault("draft", runs["main"])
-    return runs
-
-
 def headline(main: Trace, target_only: Trace | None = None, draft_only: Trace | None = None) -> dict:
     """The numbers at the top of the page, all from runs of the same click.
 
@@ -170,7 +172,7 @@ def headline(main: Trace, target_only: Trace | None = None, draft_only: Trace | 
     out = {"target_calls": main.target_calls, "draft_calls": main.draft_calls,
            "wall_s": float(main.timings["total"]),
            "accepted_tokens": int(sum((s.status == ACCEPTED).sum() for s in drafted)),
-           "verified_tokens": int(sum(s.status.size for s in drafted)),
+           "verified_tokens": int(sum((s.status != INPUT).sum() for s in drafted)),   # a picture's are not judged
            "target_only_wall_s": None, "target_only_calls": None, "speedup": None,
            "draft_only_wall_s": None, "token_agreement": None}
     if target_only is not None:

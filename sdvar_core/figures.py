@@ -66,14 +66,15 @@ def handoff_of(trace: Trace) -> tuple[int, int] | None:
 
 def static_figures(runs: dict | None = None, *, scale: int | None = None, round_index: int | None = None,
                    mask: tuple[int, int] | None = None, gallery: dict | None = None, sweep: pd.DataFrame | None = None,
-                   quality: str | None = None, whatif: dict | None = None, log=None) -> tuple[dict, dict]:
+                   quality: str | None = None, whatif: dict | None = None, pyramid=None, log=None) -> tuple[dict, dict]:
     """({name: matplotlib Figure}, {name: text}) of everything the inputs allow.
 
     runs: a click ({"main"[, "target", "draft"]}); scale (0-based, default the last) for the token grid;
     round_index (0-based) highlights a round on the timeline and adds its story; mask (rule, current) for
     the mask raster (default: the run's hand-off, else sd_mask 1 at scale 5); gallery: the six-masks runs
     (`explore.gallery_summary`); sweep: a sweep table (the frontier, `quality` its y); whatif: the cost
-    what-if's knobs (`economics.cost_whatif`). Figures a run cannot give (the what-if of a run without
+    what-if's knobs (`economics.cost_whatif`); pyramid: a picture's token pyramid (`picture.Pyramid`, the
+    "Your picture" tab). Figures a run cannot give (the what-if of a run without
     both models' calls) are left out, with a line in texts["notes"].
     """
     from . import economics, story
@@ -100,6 +101,8 @@ def static_figures(runs: dict | None = None, *, scale: int | None = None, round_
     rule, current = mask or (handoff_of(main) if main is not None else None) or default_mask(layout.num_scales)
     figs["mask-raster"] = viz_static.mask_raster(rule, current, layout)
     figs["six-masks"] = viz_static.six_masks(gallery["entry_num"] if gallery else current, layout, gallery)
+    if pyramid is not None:
+        figs["pyramid"] = viz_static.pyramid(pyramid)
     if sweep is not None and len(sweep):
         figs["frontier"] = viz_static.frontier(sweep, quality)
     if notes:

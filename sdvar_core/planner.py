@@ -257,8 +257,9 @@ class Planner:
     """
 
     def __init__(self, costs: Costs, estimator: PassEstimator | None = None, margin: float = MARGIN,
-                 source: str = ""):
+                 source: str = "", learn=None):
         self.costs, self.margin, self.source = costs, margin, source
+        self.learn = learn   # learn(trace) after each run it planned (the engine calls it), or None
         self.estimator = estimator or PassEstimator(costs.num_scales)
         if self.estimator.num_scales != costs.num_scales:
             raise ValueError("costs and estimator cover different numbers of scales")

@@ -11,9 +11,15 @@ With gamma="auto" the planner (`run.planner`, see `planner`) picks γ before eac
 finished rounds only, 0 meaning the target makes the next scale alone; after the round it learns
 how the judged scales went. A γ chosen before the draft exists cannot favour any token, so the
 exact rule stays exact.
+
+On a picture (`picture.Context`) the rounds start after its prefix, and with a kept region the drafted
+tokens there are the picture's: they count as accepted and only the generated tokens are judged.
+Tokens of one scale are sampled independently given the earlier scales, so replacing kept positions
+after sampling leaves the others' distribution alone, and the exact rule stays exact.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .planner import batch_pass_probability
@@ -24,7 +30,7 @@ from .trace import ACCEPTED, CORRECTED, DRAFT, RoundRecord
 def run_speculative(run) -> None:
     """Fill run.canvas scale by scale with draft→verify rounds (see engine.Run)."""
     D, T, canvas, s = run.runners["draft"], run.runners["target"], run.canvas, run.s
-    start, gamma, plan = 0, s.gamma, None
+    start, gamma, plan = run.first, s.gamma, None
     while start < run.K:
         if run.planner is not None:                         # γ from finished rounds only
             plan = run.planner.plan(start, D.next_scale, run.rec.now())
@@ -39,7 +45,7 @@ def run_speculative(run) -> None:
         q, x = {}, {}
         for k in drafted:                                   # draft: γ scales on D's own KV cache
             q[k] = run.distribution(D.forward_upto(k)[k], k, "draft")
-            x[k] = sample(q[k], run.g_sample)
+            x[k] = run.keep_input(k, sample(q[k], run.g_sample))
             canvas.push(k, x[k], "draft")
         logits = T.forward_upto(drafted[-1], "verify", s.verify_mask)   # target: one call for all of them
         final, passed, stale = judge(run, drafted, q, x, logits)
@@ -57,6 +63,7 @@ def run_speculative(run) -> None:
                                       stale_scales=stale, plan=plan))
         if run.planner is not None:
             observe(run, drafted[:len(final)], passed)
+        run.finalize(last + 1)
         if s.adaptive_gamma:
             gamma = min(gamma + 1, run.K) if passed == len(drafted) else max(gamma - 1, 1) if passed == 0 else gamma
         start = last + 1
@@ -75,10 +82,11 @@ def judge(run, drafted, q, x, logits):
         accepted, replacement = accept_tokens(s.accept, p, q[k], x[k], run.g_accept, s.lenience)
         if run.accept_override is not None:                                  # a forced verdict (benchmarks)
             accepted = torch.full_like(accepted, bool(run.accept_override(k)))
-        passes = accepted.float().mean(dim=1) >= s.tau                       # (B,)
+        accepted, share = verdict(run, k, accepted)
+        passes = share >= s.tau                                              # (B,)
         keep = accepted | (passes[:, None] & s.keep_draft_rejected)
         tokens = torch.where(keep, x[k], replacement)
-        status = torch.where(accepted, ACCEPTED, torch.where(keep, DRAFT, CORRECTED))
+        status = run.mark_input(k, torch.where(accepted, ACCEPTED, torch.where(keep, DRAFT, CORRECTED)))
         if any_replaced:
             stale.append(k)
         run.record_scale(k, "draft+target", tokens, status, draft_tokens=x[k], p_draft=gather(p, x[k]),
@@ -90,12 +98,28 @@ def judge(run, drafted, q, x, logits):
     return final, len(final), stale
 
 
+def verdict(run, k: int, accepted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accepted (B, pn²) with a picture's kept positions accepted as drafted, (B,) share of the judged
+    tokens accepted). Kept tokens are the picture's, not judged; a scale with none left to judge passes."""
+    kept = run.kept(k)
+    if kept is None:
+        return accepted, accepted.float().mean(dim=1)
+    judged = int((~kept).sum())
+    if not judged:
+        return accepted | kept, accepted.new_ones(len(accepted), dtype=torch.float)
+    share = (accepted & ~kept).float().sum(dim=1) / judged
+    return accepted | kept, share
+
+
 def observe(run, judged: list[int], passed: int) -> None:
     """Tell the planner how the judged scales went: under the exact rule the probability that the whole
     batch passes given the drafted tokens (∏ min(1, p/q)), otherwise the outcome (relaxed, forced)."""
     for i, k in enumerate(judged):
         if run.s.exact and run.accept_override is None:
-            rec = run.records[k]
-            run.planner.observe(k, batch_pass_probability(rec.p_draft, rec.q_draft))
+            rec, kept = run.records[k], run.kept(k)
+            p, q = rec.p_draft, rec.q_draft
+            if kept is not None:   # kept tokens always pass
+                p, q = (np.where(kept.cpu().numpy(), 1.0, a) for a in (p, q))
+            run.planner.observe(k, batch_pass_probability(p, q))
         else:
             run.planner.observe(k, float(i < passed))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import masks
 from .config import ScaleLayout
-from .trace import ACCEPTED, CORRECTED, DRAFT, ModelCall, RoundRecord, Trace
+from .trace import ACCEPTED, CORRECTED, DRAFT, INPUT, ModelCall, RoundRecord, Trace
 
 
 def _scales(ks: list[int], patch_nums) -> str:
@@ -105,7 +105,7 @@ def _plan_text(plan) -> str:
 def _verdict(trace: Trace, k: int, batch_note: str) -> str:
     rec = trace.scales[k]
     acc, cor, kept = (int((rec.status == code).sum()) for code in (ACCEPTED, CORRECTED, DRAFT))
-    parts = [f"{acc} of {rec.status.size} accepted"]
+    parts = [f"{acc} of {int((rec.status != INPUT).sum())} accepted"]   # a picture's kept tokens are not judged
     if cor:
         parts.append(f"{cor} corrected by the target")
     if kept:

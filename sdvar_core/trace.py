@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 # Per-token status codes in ScaleRecord.status
-ACCEPTED, CORRECTED, TARGET, DRAFT = 0, 1, 2, 3
+ACCEPTED, CORRECTED, TARGET, DRAFT, INPUT = 0, 1, 2, 3, 4
 STATUS_NAMES = {ACCEPTED: "draft accepted", CORRECTED: "corrected by target",
-                TARGET: "made by target", DRAFT: "made by draft"}
+                TARGET: "made by target", DRAFT: "made by draft", INPUT: "from your picture"}
 
 TENSOR_MEANINGS = {
     "input": "transformer input for the positions fed in this call: (rows, query length, width); rows = 2B with CFG",
@@ -112,9 +112,9 @@ class ScaleRecord:
 
     scale: int
     pn: int
-    producer: str                         # "draft" | "target" | "draft+target"
+    producer: str                         # "draft" | "target" | "draft+target" | "input" (a picture's prefix)
     tokens: np.ndarray                    # (B, pn²) int64 final tokens
-    status: np.ndarray                    # (B, pn²) int8 codes ACCEPTED/CORRECTED/TARGET/DRAFT
+    status: np.ndarray                    # (B, pn²) int8 codes ACCEPTED/CORRECTED/TARGET/DRAFT/INPUT
     draft_tokens: np.ndarray | None = None  # (B, pn²) what the draft proposed (speculative)
     p_draft: np.ndarray | None = None     # (B, pn²) target probability of the drafted token
     q_draft: np.ndarray | None = None     # (B, pn²) draft probability of the drafted token
@@ -135,6 +135,11 @@ class Trace:
     rounds: list[RoundRecord] = field(default_factory=list)
     timings: dict = field(default_factory=dict)   # seconds: total, transformer, decode, progressive, overhead
     images: np.ndarray | None = None              # (B, H, W, 3) uint8 final images
+    # a run on a picture (generate's prefix / keep_mask): scales taken whole, the picture's tokens of
+    # the scales it used side by side ((L',) int64), the kept region ((H, W) bool, True = the picture's)
+    prefix_scales: int = 0
+    picture_tokens: np.ndarray | None = None
+    keep_mask: np.ndarray | None = None
 
     # ---- summaries -----------------------------------------------------------------------
     def calls_of(self, model: str) -> int:
@@ -154,11 +159,13 @@ class Trace:
         return np.concatenate([s.tokens for s in self.scales], axis=1)
 
     def acceptance_per_scale(self) -> list[float | None]:
-        """Fraction of drafted tokens accepted as drafted, per scale (None where nothing was verified)."""
+        """Fraction of drafted tokens accepted as drafted, per scale (None where nothing was verified).
+        Tokens kept from a picture (INPUT, in-painting) are not judged and not counted."""
         out = []
         for s in self.scales:
-            verified = s.draft_tokens is not None and s.producer == "draft+target"
-            out.append(float((s.status == ACCEPTED).mean()) if verified else None)
+            judged = int((s.status != INPUT).sum())
+            verified = s.draft_tokens is not None and s.producer == "draft+target" and judged > 0
+            out.append(int((s.status == ACCEPTED).sum()) / judged if verified else None)
         return out
 
     # ---- persistence ---------------------------------------------------------------------
@@ -174,9 +181,13 @@ class Trace:
             scale_meta.append(meta)
         if self.images is not None:
             arrays["images"] = self.images
+        for name in ("picture_tokens", "keep_mask"):
+            if getattr(self, name) is not None:
+                arrays[name] = np.asarray(getattr(self, name))
         meta = {"settings": self.settings, "patch_nums": list(self.patch_nums), "scales": scale_meta,
                 "calls": [asdict(c) for c in self.calls], "shapes": [asdict(r) for r in self.shapes],
-                "rounds": [asdict(r) for r in self.rounds], "timings": self.timings}
+                "rounds": [asdict(r) for r in self.rounds], "timings": self.timings,
+                "prefix_scales": int(self.prefix_scales)}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         if hasattr(path, "write"):
             np.savez_compressed(path, **arrays)
@@ -197,7 +208,9 @@ class Trace:
                    calls=[ModelCall(**c) for c in meta["calls"]],
                    shapes=[ShapeRecord(**r) for r in meta["shapes"]],
                    rounds=[RoundRecord.from_dict(r) for r in meta["rounds"]],
-                   timings=meta["timings"], images=arrays.get("images"))
+                   timings=meta["timings"], images=arrays.get("images"),
+                   prefix_scales=int(meta.get("prefix_scales", 0)), picture_tokens=arrays.get("picture_tokens"),
+                   keep_mask=arrays.get("keep_mask"))
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -117,6 +117,11 @@ RULES: dict[str, Rule] = {
     "more_smooth": Rule("bool"),
     "seed": Rule("int", 0, SEED_MAX),
     "class_id": Rule("int", 0, "last_class"),
+    # a picture (generate's prefix / keep_mask; the "Your picture" tab)
+    "prefix_scales": Rule("int", 0, "num_scales"),
+    "picture_mode": Rule("choice", choices=("target", "draft", "speculative", "relaxed", "schedule")),
+    "picture_task": Rule("choice", choices=("continue", "inpaint")),
+    "picture_example": Rule("choice", choices="choices"),
     # the explorer's inputs
     "class_name": Rule("choice", choices="choices"),
     "model": Rule("choice", choices="choices"),

@@ -18,10 +18,11 @@ from PIL import Image
 
 from . import masks
 from .config import ScaleLayout
-from .trace import ACCEPTED, CORRECTED, DRAFT, STATUS_NAMES, TARGET, TENSOR_MEANINGS, Trace
+from .trace import ACCEPTED, CORRECTED, DRAFT, INPUT, STATUS_NAMES, TARGET, TENSOR_MEANINGS, Trace
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
-STATUS_COLORS = {ACCEPTED: "#009E73", CORRECTED: "#D55E00", TARGET: "#0072B2", DRAFT: "#E69F00"}
+STATUS_COLORS = {ACCEPTED: "#009E73", CORRECTED: "#D55E00", TARGET: "#0072B2", DRAFT: "#E69F00", INPUT: "#BBBBBB"}
+STATUS_MAX = max(STATUS_COLORS) + 0.5   # heatmaps of status codes span [-0.5, STATUS_MAX]
 MODEL_COLORS = {"draft": "#E69F00", "target": "#0072B2"}
 PLAN_COLOR = "#CC79A7"
 KIND_COLORS = {"step": None, "verify": "#004466", "prefill": "#8E44AD"}   # None = the model's colour
@@ -86,10 +87,10 @@ def status_grid(trace: Trace, scale: int, sample: int = 0) -> np.ndarray:
 
 
 def _status_colorscale() -> list:
-    """Discrete colourscale for z in {0, 1, 2, 3} with zmin=-0.5, zmax=3.5."""
-    out = []
+    """Discrete colourscale for the status codes 0..n-1 with zmin=-0.5, zmax=STATUS_MAX."""
+    out, n = [], len(STATUS_COLORS)
     for code in sorted(STATUS_COLORS):
-        out += [[code / 4, STATUS_COLORS[code]], [(code + 1) / 4, STATUS_COLORS[code]]]
+        out += [[code / n, STATUS_COLORS[code]], [(code + 1) / n, STATUS_COLORS[code]]]
     return out
 
 
@@ -136,10 +137,12 @@ def token_grid_figure(trace: Trace, scale: int, sample: int = 0) -> go.Figure:
         if pn > 1:   # the token cell borders over the picture
             fig.add_trace(_grid_lines([i - 0.5 for i in range(1, pn)], -0.5, pn - 0.5,
                                       "rgba(255,255,255,0.45)"), row=1, col=1)
-    fig.add_trace(go.Heatmap(z=z, zmin=-0.5, zmax=3.5, colorscale=_status_colorscale(), showscale=False,
+    fig.add_trace(go.Heatmap(z=z, zmin=-0.5, zmax=STATUS_MAX, colorscale=_status_colorscale(), showscale=False,
                              customdata=custom, hovertemplate=hover, xgap=1 if pn <= 16 else 0,
                              ygap=1 if pn <= 16 else 0, name="status"), row=1, col=2)
-    for code, name in STATUS_NAMES.items():   # legend entries (no data) for the four colours
+    for code, name in STATUS_NAMES.items():   # legend entries (no data): the four colours, and a picture's
+        if code == INPUT and not counts[name]:
+            continue
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"{name} ({counts[name]})",
                                  marker=dict(size=12, symbol="square", color=STATUS_COLORS[code]),
                                  showlegend=True), row=1, col=2)
@@ -160,8 +163,8 @@ def scale_summary(trace: Trace, scale: int, sample: int = 0) -> str:
     z = status_grid(trace, k, sample)
     rec = trace.scales[k]
     parts = [f"{int((z == code).sum())} {name}" for code, name in STATUS_NAMES.items() if (z == code).any()]
-    who = {"draft": "the draft alone", "target": "the target alone",
-           "draft+target": "the draft, verified by the target"}.get(rec.producer, rec.producer)
+    who = {"draft": "the draft alone", "target": "the target alone", "draft+target": "the draft, verified by the "
+           "target", "input": "your picture (its prefix)"}.get(rec.producer, rec.producer)
     line = f"**Scale {scale_label(trace.patch_nums, k)}** ({z.size} tokens), made by {who}: " + ", ".join(parts) + "."
     if rec.stale:
         line += " Judged against a stale condition (relaxed mode)."

@@ -17,7 +17,7 @@ from matplotlib.patches import Patch, Rectangle
 from . import economics, masks, viz, viz_teach
 from . import frontier as fr
 from .config import ScaleLayout
-from .trace import ACCEPTED, STATUS_NAMES, Trace
+from .trace import ACCEPTED, INPUT, STATUS_NAMES, Trace
 
 SIZE = (10, 5.2)       # inches: a 16:9 slide's content area
 STATUS_CMAP = ListedColormap([viz.STATUS_COLORS[c] for c in sorted(viz.STATUS_COLORS)])
@@ -52,7 +52,7 @@ def token_grid(trace: Trace, scale: int, sample: int = 0) -> Figure:
     if rec.image is not None:
         ax_img.imshow(rec.image[sample], extent=(-0.5, rec.pn - 0.5, rec.pn - 0.5, -0.5), interpolation="nearest")
     ax_img.set_title(f"picture after scale {viz.scale_label(trace.patch_nums, scale)}")
-    ax_grid.imshow(z, cmap=STATUS_CMAP, vmin=-0.5, vmax=3.5, interpolation="nearest")
+    ax_grid.imshow(z, cmap=STATUS_CMAP, vmin=-0.5, vmax=viz.STATUS_MAX, interpolation="nearest")
     if rec.pn <= 16:
         ax_grid.set_xticks(np.arange(-0.5, rec.pn, 1), minor=True)
         ax_grid.set_yticks(np.arange(-0.5, rec.pn, 1), minor=True)
@@ -61,7 +61,8 @@ def token_grid(trace: Trace, scale: int, sample: int = 0) -> Figure:
     for ax in (ax_img, ax_grid):
         _clean(ax, keep_spines=False)
         ax.tick_params(which="both", length=0)
-    handles = [Patch(color=viz.STATUS_COLORS[c], label=f"{n} ({int((z == c).sum())})") for c, n in STATUS_NAMES.items()]
+    handles = [Patch(color=viz.STATUS_COLORS[c], label=f"{n} ({int((z == c).sum())})") for c, n in STATUS_NAMES.items()
+               if c != INPUT or (z == c).any()]
     fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False)
     return fig
 
@@ -338,4 +339,31 @@ def plain_frontier(points: list, metric: str = "fid_tiny") -> Figure:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", frameon=False, fontsize=8)
     _clean(ax)
+
+
+# ---- your own picture -----------------------------------------------------------------------------
+
+def pyramid(pyr) -> Figure:
+    """A picture's token pyramid (`picture.Pyramid`), the twin of `viz_picture.pyramid_figure`: per scale
+    (columns) the token map, the picture rebuilt from scales 1..k, what scale k added and the residual it
+    quantised; headings give PSNR, SSIM and the share of the energy."""
+    from .viz_picture import ROWS, RESIDUAL_SCALE, TOKEN_SCALE
+
+    K = len(pyr.tokens)
+    fig = _figure((max(10, 1.3 * K), 6.2))
+    axes = fig.subplots(len(ROWS), K, squeeze=False)
+    V = max(int(max(t.max() for t in pyr.tokens)), 1)
+    vmax = float(pyr.residual.max()) or 1.0
+    for k in range(K):
+        axes[0, k].imshow(pyr.tokens[k], cmap=TOKEN_SCALE.lower(), vmin=0, vmax=V, interpolation="nearest")
+        axes[1, k].imshow(pyr.rebuilt[k], interpolation="nearest")
+        axes[2, k].imshow(pyr.added[k], interpolation="nearest")
+        axes[3, k].imshow(pyr.residual[k], cmap=RESIDUAL_SCALE.lower(), vmin=0, vmax=vmax, interpolation="nearest")
+        axes[0, k].set_title(f"{viz.scale_label(pyr.patch_nums, k)}\n{pyr.psnr_db[k]:.1f} dB · SSIM {pyr.ssim[k]:.2f}"
+                             f"\n{pyr.energy_share[k]:.0%} energy", fontsize=7)
+        for r in range(len(ROWS)):
+            _clean(axes[r, k], keep_spines=False)
+    for r, text in enumerate(ROWS):
+        axes[r, 0].set_ylabel(text, fontsize=8)
+    fig.suptitle("Your picture through the pair's scales" + (f" ({pyr.resize})" if pyr.resize else ""), fontsize=10)
     return fig

@@ -14,6 +14,7 @@ import os
 import pickle
 import socket
 import urllib.request
+import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,7 +25,7 @@ from .config import (OFFICIAL_VQVAE, TINY_DIR, TINY_VQVAE, VARConfig, VQVAEConfi
                      official_var_file)
 from .data import CLASS_NAMES
 from .engine import Pair
-from .runtime import resolve_device
+from .runtime import DTYPES, check_precision, resolve_device
 from .var import VAR
 from .vqvae import VQVAE
 
@@ -49,7 +50,8 @@ def read_checkpoint(path, nested: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ValueError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # zip-format files (torch.save's default) are memory-mapped: tensors are read as they are used
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:  # not a plain tensor file: arbitrary objects, or not a pickle at all
         reason = str(e).partition("WeightsUnpickler error:")[2].strip().split(". ")[0].splitlines()
         raise ValueError(f"{path}: refused by torch.load(weights_only=True), not a plain tensor checkpoint"
@@ -68,9 +70,20 @@ def read_checkpoint(path, nested: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _fill(model: torch.nn.Module, state: dict, device) -> torch.nn.Module:
-    """Load a checked `state` into a model built on the meta device (no second copy in memory)."""
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+def matrix_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys of the weight matrices of every nn.Linear: the part of a VAR held in bf16."""
+    return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def _fill(model: torch.nn.Module, state: dict, device, precision: str = "fp32") -> torch.nn.Module:
+    """Load a checked `state` into a model built on the meta device (no second copy in memory).
+    precision 'bf16'/'fp16': the Linear weight matrices are held in that dtype (cast tensor by tensor
+    from the memory-mapped file), everything else (embeddings, norms, biases) in fp32."""
+    low = matrix_keys(model) if precision != "fp32" else set()
+    dtype = DTYPES[precision]
+    # copies, never views: no tensor may keep the memory-mapped file alive (its pages would stay resident)
+    state = {k: v.to(dtype if k in low else torch.float32, copy=True) if v.is_floating_point() else v.clone()
+             for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device).eval()
 
@@ -89,15 +102,17 @@ def load_official_vqvae(vae_path, device="cpu", cfg: VQVAEConfig = OFFICIAL_VQVA
     return _fill(model, state, device)
 
 
-def load_official_var(depth: int, var_path, device="cpu", vqvae_cfg: VQVAEConfig = OFFICIAL_VQVAE) -> VAR:
-    """VAR(official_var_config(depth)) from `var_d{depth}.pth`, in eval mode; vocab/Cvae/scales from vqvae_cfg."""
+def load_official_var(depth: int, var_path, device="cpu", vqvae_cfg: VQVAEConfig = OFFICIAL_VQVAE,
+                      precision: str = "fp32") -> VAR:
+    """VAR(official_var_config(depth)) from `var_d{depth}.pth`, in eval mode; vocab/Cvae/scales from vqvae_cfg;
+    precision 'bf16': its weight matrices held in bf16 (runs then autocast to bf16)."""
     state = read_checkpoint(var_path, "var_wo_ddp")
     cfg = official_var_config(depth, vocab_size=vqvae_cfg.vocab_size, z_channels=vqvae_cfg.z_channels,
                               patch_nums=vqvae_cfg.patch_nums)
     with torch.device("meta"):
         model = VAR(cfg)
     check_var_state(state, model, f"VAR checkpoint {var_path}")
-    return _fill(model, state, device)
+    return _fill(model, state, device, precision)
 
 
 def load_official(depth: int, var_path, vae_path, device="cpu", vqvae_cfg: VQVAEConfig | None = None):
@@ -273,22 +288,26 @@ def _tiny_pair(device, folder: Path = TINY_DIR) -> Pair:
     return load_pair_folder(folder, device, name="tiny", class_names=list(CLASS_NAMES))
 
 
-def _official_pair(draft_depth: int, target_depth: int, weights_dir, device) -> Pair:
-    """One shared official VQ-VAE with VAR-d{draft_depth} and VAR-d{target_depth} (one model if equal)."""
+def _official_pair(draft_depth: int, target_depth: int, weights_dir, device, precision: str = "fp32") -> Pair:
+    """One shared official VQ-VAE (fp32) with VAR-d{draft_depth} and VAR-d{target_depth} (one model if equal),
+    their weight matrices held in `precision`."""
+    check_precision(device, precision)
     target_path, vae_path = find_official_weights(target_depth, weights_dir)
     draft_path = find_official_weights(draft_depth, weights_dir)[0] if draft_depth != target_depth else None
-    vqvae, target = load_official(target_depth, target_path, vae_path, device)
-    draft = load_official_var(draft_depth, draft_path, device) if draft_path else target
+    vqvae = load_official_vqvae(vae_path, device)
+    target = load_official_var(target_depth, target_path, device, precision=precision)
+    draft = load_official_var(draft_depth, draft_path, device, precision=precision) if draft_path else target
     return Pair(vqvae, draft, target, name=f"official d{draft_depth}→d{target_depth}", class_names=None)
 
 
 def load_pair(name: str = "tiny", *, draft_depth: int | None = None, target_depth: int | None = None,
-              weights_dir=None, device=None, folder=None) -> Pair:
+              weights_dir=None, device=None, folder=None, precision: str = "fp32") -> Pair:
     """A draft/target Pair.
 
     name 'tiny': the embedded pair (assets/tiny, or `folder`), class names from data.CLASS_NAMES.
     name 'official' (or draft_depth/target_depth given): official VAR-d{draft_depth} (default 16) and
-    VAR-d{target_depth} (default 30) sharing the official VQ-VAE; class_names None (ImageNet ids).
+    VAR-d{target_depth} (default 30) sharing the official VQ-VAE; class_names None (ImageNet ids);
+    precision 'bf16' holds their weight matrices in bf16 (half the memory; runs are then bf16).
     device: CUDA when available unless given.
     """
     if name not in ("tiny", "official"):
@@ -296,7 +315,7 @@ def load_pair(name: str = "tiny", *, draft_depth: int | None = None, target_dept
     device = resolve_device("auto" if device is None else device)
     if name == "official" or draft_depth is not None or target_depth is not None:
         return _official_pair(draft_depth or DEFAULT_DRAFT_DEPTH, target_depth or DEFAULT_TARGET_DEPTH,
-                              weights_dir, device)
+                              weights_dir, device, precision)
     return _tiny_pair(device, folder or TINY_DIR)
 
 

@@ -97,7 +97,7 @@ def examples_dir(tmp_path_factory, random_pair):
 @pytest.fixture(scope="session")
 def pair_loader(random_pair):
     """The random pair for 'tiny'; official pairs fail like missing weights do."""
-    def load(key):
+    def load(key, precision="fp32"):
         if key == "tiny":
             return random_pair
         raise ValueError(f"official weights not found for {key} (test loader)")

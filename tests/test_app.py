@@ -108,7 +108,7 @@ def test_mask_view_and_keys_view():
 
 
 def test_build_demo_without_examples_or_embedded_weights():
-    def broken(key):
+    def broken(key, precision="fp32"):
         raise ValueError("the tiny pair is incomplete (test)")
     demo = app.build_demo(pair_loader=broken, examples_dir=None)
     config = demo.get_config_file()

@@ -195,3 +195,102 @@ def test_bad_input_shows_error(page):
     assert "<img src=x" in message.inner_text()
     assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.pwned") is None
     page.screenshot(path=str(ARTIFACTS / "08-escaped.png"), full_page=True)
+
+
+@pytest.fixture
+def slow_stream(monkeypatch):
+    """Each finalized scale takes 0.7 s more (in the engine's worker): the random pair is too fast to watch."""
+    import time
+
+    from sdvar_core import click
+
+    real = click.generate
+
+    def slow(*args, on_scale=None, **kwargs):
+        def wrapped(ev):
+            time.sleep(0.7)
+            on_scale(ev)
+        return real(*args, on_scale=wrapped, **kwargs)
+    monkeypatch.setattr(click, "generate", slow)
+
+
+def test_token_grid_changes_while_a_run_streams_and_stop_ends_it(page, slow_stream):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Generate & inspect").click()
+    page.locator("#mode").get_by_text("target only").click()
+    box = page.locator("#class-name input")   # an earlier test may have left a bad class typed in
+    box.fill("circle")
+    box.press("Enter")
+    page.locator("#seed input").fill("21")
+    page.locator("#generate").click()
+    showing = page.locator("#showing")
+    grid = page.locator("#token-grid")
+    expect(showing).to_contain_text(re.compile(r"Running: .*seed 21 — target alone, scale [2-4]/10"), timeout=60_000)
+    first = re.search(r"(\d+)×\1 = \d+ tokens", grid.inner_text())
+    expect(showing).to_contain_text(re.compile(r"Running: .*seed 21 — target alone, scale [6-8]/10"), timeout=30_000)
+    expect(grid).to_contain_text(re.compile(r"the (6|8|10)×\1 = \d+ tokens"))   # the grid changed mid-run
+    assert first is None or first.group(1) in ("1", "2", "3", "4", "5"), first
+    page.screenshot(path=str(ARTIFACTS / "15-streaming.png"), full_page=True)
+    expect(page.locator("#summary")).to_contain_text("draft only took", timeout=60_000)   # comparisons done
+    expect(showing).to_have_text(re.compile(r"^\s*Showing: your run — target, \w+, seed 21\s*$"))
+
+    # Stop ends a streaming click within one scale
+    page.locator("#seed input").fill("22")
+    page.locator("#generate").click()
+    expect(showing).to_contain_text(re.compile(r"seed 22 — target alone, scale [23]/10"), timeout=60_000)
+    page.locator("#generate-stop").click()
+    expect(showing).to_contain_text(re.compile(r"Stopped: your run — target, \w+, seed 22"), timeout=30_000)
+    stopped_at = int(re.search(r"Scale (\d+)", page.locator("#scale-summary").inner_text()).group(1))
+    assert 2 <= stopped_at <= 4, stopped_at      # within one scale of the press (plus one in flight)
+
+
+def test_your_picture(page, tmp_path):
+    """Upload a PNG: its pyramid; continue from scale 4: the result beside the input and the run's views;
+    paint a band and in-paint it: acceptance inside the region."""
+    from playwright.sync_api import expect
+    from PIL import Image
+
+    from sdvar_core import data
+
+    Image.fromarray(data.make_images([3], 11, size=96)[0]).save(tmp_path / "star.png")
+    expect(page.locator("#showing")).to_contain_text("Showing:", timeout=120_000)   # the page is up
+    page.get_by_role("tab", name="Your picture").click()
+    page.locator("#own-image input[type=file]").set_input_files(str(tmp_path / "star.png"))
+    # the upload shows a pyramid by itself once the editor has sent the new picture, which on a loaded machine
+    # can take a while; the button asks for it again with the editor's current value
+    for _ in range(12):
+        page.wait_for_timeout(5_000)
+        if "96×96 → resized to 64×64" in page.locator("#picture-md").inner_text():
+            break
+        page.locator("#pyramid-btn").click()
+    expect(page.locator("#picture-md")).to_contain_text("96×96 → resized to 64×64", timeout=30_000)
+    page.locator("#pyramid .js-plotly-plot .main-svg").first.wait_for()
+    assert "Your picture through the pair's scales" in plot_title(page, "pyramid")
+    expect(page.locator("#prefix-scales input[type=number]")).to_have_value("4")
+    page.locator("#picture-run").click()
+    expect(page.locator("#picture-summary")).to_contain_text("first 4 of 10 scales", timeout=90_000)
+    expect(page.locator("#picture-result img")).to_be_visible()
+    expect(page.locator("#picture-input img")).to_be_visible()
+    page.locator("#picture-acceptance .js-plotly-plot .main-svg").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "15-picture-continue.png"), full_page=True)
+
+    editor = page.locator("#own-image")
+    editor.scroll_into_view_if_needed()
+    box = page.locator("#own-image canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for dy in (-15, 0, 15):   # a band across the picture's middle, with the editor's brush
+        page.mouse.move(cx - 60, cy + dy)
+        page.mouse.down()
+        page.mouse.move(cx + 60, cy + dy, steps=12)
+        page.mouse.up()
+    page.wait_for_timeout(1500)   # the editor sends its layer after the stroke
+    page.locator("#picture-task").get_by_text("in-paint the painted region").click()
+    page.locator("#picture-run").click()
+    expect(page.locator("#picture-summary")).to_contain_text("outside the painted region", timeout=90_000)
+    expect(page.locator("#picture-scale-md")).to_contain_text("from your picture")
+    page.screenshot(path=str(ARTIFACTS / "16-picture-inpaint.png"), full_page=True)
+    # an example replaces the picture, and its pyramid follows
+    page.locator("#picture-example input").fill("ring")
+    page.locator("#picture-example input").press("Enter")
+    expect(page.locator("#picture-md")).to_contain_text("64×64 → used as is", timeout=60_000)

@@ -1,5 +1,6 @@
 """The engine: identity with D == T, exactness of the lossless rule, KV rollback, relaxed mode, traces."""
 import copy
+import io
 import math
 
 import numpy as np
@@ -8,10 +9,12 @@ import torch
 
 import sdvar_core.speculative as speculative
 from conftest import teacher_forced_logits
+from sdvar_core import data
 from sdvar_core.config import VARConfig, VQVAEConfig
 from sdvar_core.engine import Pair, Run, Settings, generate
+from sdvar_core.picture import encode_image, keep_grids
 from sdvar_core.planner import Costs, PassEstimator, Planner
-from sdvar_core.trace import ACCEPTED, CORRECTED, TARGET, PlanRecord, Trace
+from sdvar_core.trace import ACCEPTED, CORRECTED, INPUT, TARGET, PlanRecord, Trace
 from sdvar_core.var import VAR
 from sdvar_core.vqvae import VQVAE
 
@@ -282,6 +285,13 @@ def test_more_smooth_uses_the_soft_codebook_mixture(models):
     assert tr.draft_calls == 4 and tr.target_calls == 6
     with pytest.raises(ValueError, match="more_smooth"):
         generate(pair, "speculative", [0], seed=0, more_smooth=True)
+    # in-painting with the soft mixture: kept cells use the picture's codebook vector (a one-hot weight)
+    pic = encode_image(pair, data.make_images([2], 0)[0])
+    keep = np.zeros((64, 64), dtype=bool)
+    keep[:, :32] = True
+    soft = generate(pair, "target", [0], seed=3, more_smooth=True, prefix=pic, keep_mask=keep, progressive=False).trace
+    for rec, grid in zip(soft.scales, keep_grids(keep, pair.layout.patch_nums)):
+        assert np.array_equal(rec.tokens[0][grid.reshape(-1)], pic.tokens[rec.scale].reshape(-1)[grid.reshape(-1)])
 
 
 def test_exact_mode_matches_target_only_at_the_last_scale():
@@ -374,3 +384,137 @@ def test_auto_with_forced_verdicts_needs_its_own_planner(models):
         generate(Pair(vq, draft, target), "speculative", [0], 0, gamma="auto", accept_override=lambda k: True)
     with pytest.raises(ValueError, match="gamma='auto' only"):
         generate(Pair(vq, draft, target), "speculative", [0], 0, gamma=2, planner=HistoryPlanner(10))
+
+
+# ---- a picture's prefix and kept region (in-painting) keep the exact rule exact ------------------
+
+def mini_picture(pair):
+    """A 16 px data-set picture (a square) as the mini pair's three token maps."""
+    return encode_image(pair, data.make_images([1], 0, size=16)[0])
+
+
+def scale1_given(var, pair, cls, x0):
+    """Exact probabilities of scale 1's four positions given scale 0 = x0, no CFG: (4, V)."""
+    tokens = [torch.tensor([[x0]]), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 16, dtype=torch.long)]
+    return teacher_forced_logits(var, [cls], tokens, pair.vqvae).softmax(-1)[0, 1:5]
+
+
+# the in-paint case keeps the top-left quarter: scale 0 (1×1, a quarter kept) is generated, scale 1 keeps
+# its top-left token, scale 2 its top-left 2×2
+QUARTER = np.zeros((16, 16), dtype=bool)
+QUARTER[:8, :8] = True
+
+
+def picture_case(case, pair):
+    """(generate's picture arguments, the exact target distributions to match, a check of the kept tokens)."""
+    pic = mini_picture(pair)
+    x0 = int(pic.tokens[0][0, 0])
+    if case == "prefix":   # scale 0 is the picture's; scale 1 must follow the target given it
+        p1 = scale1_given(pair.target, pair, 1, x0)
+        q1 = scale1_given(pair.draft, pair, 1, x0)
+        assert (p1 - q1).abs().max() > 0.1, "draft and target must differ for the test to have power"
+        expected = {"f1": (p1, slice(0, 4))}
+        return dict(prefix=pic.tokens, prefix_scales=1), expected, lambda f0, f1: f0[x0] == 1
+    p0, p1 = target_marginals(pair, 1)   # scale 1's inputs depend on scale 0 only, so positions 1..3 keep p1
+    corner = int(pic.tokens[1].reshape(-1)[0])
+    expected = {"f0": (p0, slice(None)), "f1": (p1[1:], slice(1, 4))}
+    return dict(prefix=pic.tokens, keep_mask=QUARTER), expected, lambda f0, f1: bool(f1[0, corner] == 1)
+
+
+@pytest.mark.parametrize("case", ["prefix", "inpaint"])
+@pytest.mark.parametrize("how", list(AUTO))
+def test_exact_mode_on_a_picture_samples_the_target_given_it(case, how):
+    pair = mini_pair()
+    kw, expected, kept = picture_case(case, pair)
+    runs = [("speculative", AUTO[how]())]
+    if how == next(iter(AUTO)):   # once: target alone with the same picture follows the same distributions
+        runs.insert(0, ("target", {}))
+    for mode, extra in runs:
+        f0, f1, n = scale01_frequencies(pair, mode, **kw, **extra)
+        assert kept(f0, f1), f"{mode}: the picture's tokens must stay"
+        for name, (p, cells) in expected.items():
+            assert_matches({"f0": f0, "f1": f1}[name][cells], p, n)
+
+
+@pytest.mark.parametrize("case", ["prefix", "inpaint"])
+def test_broken_acceptance_rule_fails_on_a_picture(monkeypatch, case):
+    pair = mini_pair()
+    kw, expected, _ = picture_case(case, pair)
+
+    def accept_everything(rule, p, q, draft, generator, lenience=1.0):
+        return torch.ones_like(draft, dtype=torch.bool), draft
+
+    monkeypatch.setattr(speculative, "accept_tokens", accept_everything)
+    f0, f1, n = scale01_frequencies(pair, "speculative", gamma=2, **kw)
+    name, (p, cells) = next(iter(expected.items()))
+    with pytest.raises(AssertionError):
+        assert_matches({"f0": f0, "f1": f1}[name][cells], p, n)
+
+
+@pytest.mark.parametrize("mode,kw", [("target", {}), ("draft", {}), ("schedule", dict(entry_num=5, sd_mask=1)),
+                                     ("speculative", dict(gamma=2)), ("speculative", dict(gamma=3, tau=0.5, lenience=2.0)),
+                                     ("speculative", dict(gamma="auto", planner=HistoryPlanner(10)))])
+def test_picture_tokens_stay_in_every_mode(models, mode, kw):
+    """The prefix scales come back unchanged, and so do the kept tokens of every scale; the first model call of
+    each model feeds the prefix with the first scale it makes; the trace keeps prefix and mask through save/load."""
+    vq, draft, target = models
+    pair = Pair(vq, draft, target)
+    pic = encode_image(pair, data.make_images([4], 1)[0])
+    for k in (0, 3, 10):
+        tr = generate(pair, mode, [0, 2], seed=5, prefix=pic.tokens, prefix_scales=k, progressive=False, **kw).trace
+        for j in range(k):
+            assert all(np.array_equal(t, pic.tokens[j].reshape(-1)) for t in tr.scales[j].tokens)
+            assert tr.scales[j].producer == "input" and (tr.scales[j].status == INPUT).all()
+        assert all(c.scales[-1] >= k for c in tr.calls) and all(c.scales[0] == 0 for c in tr.calls[:1])
+        assert len(tr.calls) == 0 if k == 10 else min(c.scales[0] for c in tr.calls) == 0
+        if k == 0 and kw.get("gamma") != "auto":   # k = 0 is a normal run (the history planner has a memory)
+            assert same_tokens(tr, generate(pair, mode, [0, 2], seed=5, progressive=False, **kw).trace)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:, :40] = True                                   # keep the left 40 columns, paint the rest
+    tr = generate(pair, mode, [0, 2], seed=5, prefix=pic, prefix_scales=2, keep_mask=mask, progressive=False, **kw).trace
+    grids = keep_grids(mask, pair.layout.patch_nums)
+    for j, (rec, grid) in enumerate(zip(tr.scales, grids)):
+        keep = grid.reshape(-1)
+        assert all(np.array_equal(t[keep], pic.tokens[j].reshape(-1)[keep]) for t in rec.tokens)
+        if j >= 2:
+            assert ((rec.status == INPUT) == keep).all()
+    assert any(not g.all() for g in grids[2:]) and any(g.any() for g in grids[2:])
+    back = Trace.load(io.BytesIO(tr.to_bytes()))
+    assert back.prefix_scales == 2 and np.array_equal(back.keep_mask, mask)
+    assert np.array_equal(back.picture_tokens, np.concatenate([t.reshape(-1) for t in pic.tokens]))
+
+
+def test_keep_mask_grids_and_bad_picture_arguments(models):
+    """A token cell is kept when at least half of its pixels are; bad prefix arguments name themselves."""
+    half = np.zeros((64, 64), dtype=bool)
+    half[:, :32] = True
+    grids = keep_grids(half, (1, 2, 3, 13))
+    assert grids[0].all() and grids[1].tolist() == [[True, False], [True, False]]
+    assert grids[2][:, 0].all() and not grids[2][:, 2].any() and grids[2][:, 1].all()   # the middle column is half kept
+    assert grids[3][:, :6].all() and not grids[3][:, 7:].any()
+    vq, draft, target = models
+    pair = Pair(vq, draft, target)
+    pic = encode_image(pair, data.make_images([4], 1)[0])
+    for kw, match in ((dict(prefix_scales=3), "need prefix"), (dict(prefix=pic, prefix_scales=11), "prefix_scales"),
+                      (dict(prefix=pic.tokens[:2], prefix_scales=3), "3 are needed"),
+                      (dict(prefix=pic, keep_mask=np.ones((32, 32), bool)), "keep_mask"),
+                      (dict(prefix=pic, keep_mask=np.ones((64, 64))), "keep_mask"),
+                      (dict(prefix=[t + 100 for t in pic.tokens], prefix_scales=2), "token ids")):
+        with pytest.raises(ValueError, match=match):
+            generate(pair, "target", [0], seed=0, **kw)
+
+
+def test_the_judge_counts_only_generated_tokens():
+    """A kept (picture) token counts as accepted and is not judged: τ applies to the generated tokens."""
+    class KeptRun:
+        def kept(self, k):
+            return torch.tensor([True, True, False, False])
+    accepted = torch.tensor([[False, False, True, False], [True, True, True, True]])
+    out, share = speculative.verdict(KeptRun(), 0, accepted)
+    assert out.tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert share.tolist() == [0.5, 1.0]
+
+    class AllKept:
+        def kept(self, k):
+            return torch.ones(4, dtype=torch.bool)
+    assert speculative.verdict(AllKept(), 0, torch.zeros(2, 4, dtype=torch.bool))[1].tolist() == [1.0, 1.0]

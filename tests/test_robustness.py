@@ -71,7 +71,19 @@ BAD_VALUES = [None, math.nan, math.inf, -1, 10**30, 2.5, "", "<img src=x onerror
               [1, "a"], {"a": 1}, True]
 # valid values where a component's initial value would make a call slow or fail for another reason
 QUICK = dict(sweep_seeds="0", sweep_classes="chosen", sweep_kind="speculative", sweep_gammas=["1"],
-             sweep_taus=["1.0"], mode="target", example=EXAMPLE_TITLE, seed=1)
+             sweep_taus=["1.0"], mode="target", example=EXAMPLE_TITLE, seed=1, picture_example="star")
+
+
+def uploaded_picture() -> dict:
+    """A picture editor's value as the page sends it after an upload (a file in Gradio's upload folder)."""
+    from gradio.utils import get_upload_folder
+    from PIL import Image
+
+    folder = Path(get_upload_folder()) / "sdvar-fuzz"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(folder / "picture.png")
+    file = {"path": str(folder / "picture.png"), "meta": {"_type": "gradio.FileData"}}
+    return {"background": file, "layers": [], "composite": file}
 # how an error names a field whose callback parameter differs from the name in its message
 ALIASES = {"sweep_entries": "entry_num", "sweep_dirs": "direction", "sweep_masks": "sd_mask", "sweep_gammas": "γ",
            "sweep_taus": "τ", "sweep_seeds": "seed"}
@@ -89,7 +101,8 @@ def fuzz_targets(demo):
         if key in seen:
             continue
         seen.add(key)
-        base = [None if c.stateful else QUICK.get(n, c.value) for n, c in zip(names, fn.inputs)]
+        quick = {**QUICK, "own_image": uploaded_picture()}   # the editor starts empty
+        base = [None if c.stateful else quick.get(n, c.value) for n, c in zip(names, fn.inputs)]
         targets.append((index, names, base, [c.stateful for c in fn.inputs]))
     return targets
 
@@ -191,12 +204,12 @@ def test_a_session_queues_at_most_two_generates(served, monkeypatch):
     from gradio_client import Client
 
     demo, url = served
-    run_click = generate_tab.run_click
+    stream_click = generate_tab.stream_click
 
     def slow_click(*args, **kwargs):   # the random pair is fast: make a click outlast the four submissions
         time.sleep(3.0)
-        return run_click(*args, **kwargs)
-    monkeypatch.setattr(generate_tab, "run_click", slow_click)
+        yield from stream_click(*args, **kwargs)
+    monkeypatch.setattr(generate_tab, "stream_click", slow_click)
     c = Client(url, verbose=False)
     args = {**explore.DEFAULT_INPUTS, "class_name": "circle", "mode": "speculative"}
     jobs = []

@@ -14,6 +14,7 @@ from sdvar_core.checkpoints import save_vqvae
 from sdvar_core.config import VQVAEConfig, official_var_config
 from sdvar_core.data import CLASS_NAMES
 from sdvar_core.engine import Pair, generate
+from sdvar_core.runtime import precision_supported
 from sdvar_core.var import DERIVED_BUFFERS, VAR
 from sdvar_core.vqvae import VQVAE
 
@@ -321,3 +322,25 @@ def test_tiny_pair_loads_matches_card_and_generates():
     out = generate(pair, "speculative", [0, 1], seed=0)
     s = pair.vqvae.cfg.image_size
     assert out.images.shape == (2, s, s, 3) and out.images.std() > 0
+
+
+@pytest.mark.skipif(not precision_supported(torch.device("cpu"), "bf16"), reason="this CPU has no native bf16")
+def test_load_official_in_bf16_holds_the_matrices_once_and_runs_in_bf16(tmp_path):
+    """precision='bf16': every Linear weight matrix in bf16, the rest fp32, equal to the file's values cast once;
+    the pair says so and runs in bf16 only (an fp32 run is refused with a message)."""
+    vq, var = small_official(tmp_path)
+    var2 = zoo.load_official_var(2, tmp_path / "var_d2.pth", "cpu", vqvae_cfg=SMALL_VQ, precision="bf16")
+    matrices = zoo.matrix_keys(var2)
+    assert "blocks.0.attn.mat_qkv.weight" in matrices and "head.weight" in matrices
+    ref = var.state_dict()
+    for key, value in var2.state_dict().items():
+        if value.is_floating_point():
+            assert value.dtype == (torch.bfloat16 if key in matrices else torch.float32), key
+            assert torch.equal(value, ref[key].to(value.dtype)), key
+    vq2 = zoo.load_official_vqvae(tmp_path / "vae.pth", "cpu", SMALL_VQ)
+    pair = Pair(vq2, var2, var2)
+    assert pair.precision == "bf16"
+    with pytest.raises(ValueError, match="held in bf16.*precision='bf16'"):
+        generate(pair, "target", [1], seed=0, progressive=False)
+    out = generate(pair, "speculative", [1, 2], seed=0, gamma=2, precision="bf16", progressive=False)
+    assert out.images.shape == (2, 32, 32, 3) and out.images.std() > 0

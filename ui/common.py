@@ -15,14 +15,6 @@ from .hosting import safe
 
 log = logging.getLogger("sdvar_explorer")
 
-try:  # ZeroGPU on Hugging Face Spaces; a no-op decorator elsewhere
-    import spaces
-
-    gpu = spaces.GPU
-except ImportError:
-    def gpu(fn=None, **_):
-        return fn if fn is not None else (lambda f: f)
-
 CSS = """
 #headline .block { min-width: 0 !important; }
 #headline input, #headline textarea { font-size: 1.35rem !important; font-weight: 600; }
@@ -105,9 +97,11 @@ def pair_info(pair: Pair, note: str = "") -> str:
     def size(m):
         return f"depth {m.cfg.depth}, width {m.cfg.width}, {m.num_params() / 1e6:.2f} M params"
     device = next(pair.target.parameters()).device
+    held = ("weights in fp32 (runs in fp32, or autocast to bf16 where offered)" if pair.precision == "fp32" else
+            f"weight matrices held in **{pair.precision}** (runs in {pair.precision}; choosing fp32 reloads the pair)")
     text = (f"**{pair.name}** on `{device}` — draft: {size(pair.draft)}; target: {size(pair.target)}; "
             f"{pair.vqvae.cfg.image_size} px images, codebook {pair.vqvae.cfg.vocab_size}, "
-            f"{pair.layout.num_scales} scales = {pair.layout.total} tokens.")
+            f"{pair.layout.num_scales} scales = {pair.layout.total} tokens; {held}.")
     return text + (f"\n\n**Note:** {safe(note)}" if note else "")
 
 

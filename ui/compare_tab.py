@@ -14,7 +14,8 @@ from sdvar_core.explore import (DIRECTIONS, check_sweep_size, class_index, confi
                                 parse_seeds, run_config, sweep_configs, sweep_row)
 from sdvar_core.validate import check
 
-from .common import View, gpu, listen
+from .common import View, listen
+from .gpu import gpu_callback, in_gpu_worker, sweep_budget
 from .hosting import Host, SweepStopped, admission, check_stop
 
 SWEEP_COLUMNS = ["config", "images", "target_calls", "draft_calls", "wall_s", "speedup", "token_agreement",
@@ -106,7 +107,8 @@ def wire(view: View, demo: gr.Blocks, bank, host: Host, precomputed: dict | None
     running (checked when one is queued). Stop ends this session's sweep within one scale. The
     precomputed frontier redraws with its metric and with each new sweep table."""
     listen(view, view.sweep_kind.change, on_sweep_kind, view, outputs=("sched_sweep", "spec_sweep"))
-    sweep = listen(view, view.sweep_btn.click, gpu(duration=180)(on_sweep), bank, view, host, public="sweep",
+    run = gpu_callback(on_sweep, sweep_budget, host.limits.gpu_max_seconds)   # a GPU request on ZeroGPU
+    sweep = listen(view, view.sweep_btn.click, run, bank, view, host, public="sweep",
                    outputs=SWEEP_OUTPUTS, concurrency_id="sweep", concurrency_limit=host.limits.sweep_concurrency,
                    validator=admission(demo, "sweep", host.limits.sweeps_per_session, "sweep"),
                    show_progress_on=[view.sweep_plot])
@@ -183,7 +185,8 @@ def on_sweep(bank, view: View, host: Host, request: gr.Request, *, model, sweep_
                    view.sweep_csv: str(csv_path), view.last_sweep: df}
     finally:   # Gradio has copied each CSV it sent into its cache
         host.lane.finish(session, flag)
-        host.files.discard(csv_path)
+        if not in_gpu_worker():   # a ZeroGPU worker runs ahead of what was sent: the TTL removes its file
+            host.files.discard(csv_path)
 
 
 def frontier_view(view: View, *, last_sweep, frontier_metric) -> dict:

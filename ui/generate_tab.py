@@ -1,5 +1,8 @@
 """Tab 1, Generate & inspect: one click runs the chosen mode plus target-only and draft-only with the
 same seed; headline numbers, the three pictures, a scale scrubber, acceptance and a timeline.
+The chosen run streams to the page scale by scale (token grid, counters, the picture when a preview
+was decoded); the comparisons follow, reused from an earlier click when nothing they depend on
+changed. Stop (or a new click) ends a running click within one scale.
 Also the page header's model picker and precomputed examples, which set this tab's inputs."""
 from __future__ import annotations
 
@@ -10,15 +13,17 @@ import torch
 
 from sdvar_core import masks, viz
 from sdvar_core.data import CLASS_NAMES
+from sdvar_core.click import ClickStopped, stream_click
 from sdvar_core.explore import (DEFAULT_INPUTS, MODELS, class_index, click_settings, headline, load_bundle,
-                                run_click, settings_of, view_click, view_trace)
+                                settings_of, view_click, view_trace)
 from sdvar_core.validate import check
 
 from sdvar_core.runtime import PRECISIONS, precision_supported
 
 from . import teach_panel
-from .common import View, bind, gpu, listen, pair_info
-from .hosting import Limits, admission, safe
+from .common import View, bind, listen, pair_info
+from .gpu import generate_budget, gpu_callback
+from .hosting import Host, admission, safe
 from .shapes_tab import shape_frame
 
 MODES = [("speculative (draft proposes, target verifies)", "speculative"),
@@ -47,7 +52,10 @@ def build(view: View, pair, on_cuda: bool) -> None:
                                       visible=not pair.class_names, elem_id="class-id")
             view.seed = gr.Number(value=D["seed"], precision=0, label="Seed", elem_id="seed")
             view.mode = gr.Radio(MODES, value=D["mode"], label="Mode", elem_id="mode")
-            view.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Row():
+                view.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
+                view.generate_stop = gr.Button("Stop", variant="stop", elem_id="generate-stop", scale=1,
+                                               min_width=60)
             with gr.Accordion("Advanced settings", open=False):
                 with gr.Group(visible=False) as view.schedule_group:
                     view.entry_num = gr.Slider(0, K, value=D["entry_num"], step=1, elem_id="gen-entry-num",
@@ -108,18 +116,24 @@ def build(view: View, pair, on_cuda: bool) -> None:
     teach_panel.build(view, K)
 
 
-def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]], limits: Limits) -> None:
+def wire(view: View, demo: gr.Blocks, bank, bundles: list[tuple[str, str]], host: Host) -> None:
     """This tab's events, the model picker's and the precomputed examples'. Generate runs in its own
     lane ('generate', limits.generate_concurrency at a time), apart from sweeps; a session may have
-    limits.generates_per_session clicks queued or running."""
+    limits.generates_per_session clicks queued or running. A click in the page first stops the
+    session's running click; so does Stop."""
+    limits = host.limits
     listen(view, view.model.change, on_model, bank, view, public="select_model",
-           outputs=("model", "model_md", "class_name", "class_id"))
+           outputs=("model", "model_md", "class_name", "class_id", "precision"))
     listen(view, view.mode.change, on_mode, view, outputs=("schedule_group", "spec_group"))
-    generated = listen(view, view.generate_btn.click, gpu(duration=60)(on_generate), bank, view, public="generate",
-                       outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="generate",
+    generate = gpu_callback(on_generate, generate_budget, limits.gpu_max_seconds)   # a GPU request on ZeroGPU
+    generated = listen(view, view.generate_btn.click, generate, bank, host, view,
+                       public="generate", outputs=RUN_OUTPUTS, also=INPUTS, concurrency_id="generate",
                        concurrency_limit=limits.generate_concurrency,
-                       validator=admission(demo, "generate", limits.generates_per_session, "Generate click"),
-                       show_progress_on=[view.final_image, view.token_grid])
+                       validator=new_click(host, admission(demo, "generate", limits.generates_per_session,
+                                                           "Generate click")),
+                       show_progress_on=[view.showing])
+    listen(view, view.generate_stop.click, on_stop_generate, host, view, public="stop_generate",
+           outputs=("showing",), concurrency_id="stop", concurrency_limit=None, show_progress="hidden")
     listen(view, view.scale.input, scale_view, view, public="scale_view", outputs=("token_grid", "scale_md"),
            trigger_mode="always_last", show_progress="hidden")
     listen(view, view.play.click, on_play, view, outputs=("scale", "token_grid", "scale_md"), show_progress="hidden")
@@ -149,7 +163,8 @@ def on_model(bank, view: View, *, model, progress=gr.Progress()) -> dict:
     return {view.model: gr.Dropdown(value=model),
             view.model_md: pair_info(pair, bank.notes.get(model, "")),
             view.class_name: gr.Dropdown(choices=names, value=names[0] if names else None, visible=bool(names)),
-            view.class_id: gr.Number(visible=not names)}
+            view.class_id: gr.Number(visible=not names),
+            view.precision: DEFAULT_INPUTS["precision"] if pair.precision == "fp32" else pair.precision}
 
 
 def on_mode(view: View, *, mode) -> dict:
@@ -158,49 +173,124 @@ def on_mode(view: View, *, mode) -> dict:
             view.spec_group: gr.Group(visible=mode == "speculative")}
 
 
-def on_generate(bank, view: View, *, model, progress=gr.Progress(), **inputs) -> dict:
-    """Run the chosen mode plus target-only and draft-only comparisons; render everything. Every input
-    is checked (`validate`) before anything runs."""
-    pair = bank.get(model)
-    cls = class_index(pair, inputs["class_name"], inputs["class_id"])
+def on_stop_generate(host: Host, view: View, request: gr.Request) -> dict:
+    """Stop this session's running click within one scale (what it showed so far stays)."""
+    host.clicks.stop(request.session_hash or "anonymous")
+    return {view.showing: gr.skip()}   # the stopped click itself says where it stopped
+
+
+def new_click(host: Host, admit):
+    """The Generate validator: `admit` (the per-session limit), then stop the session's running click, so
+    a new click replaces it (runs before the new click is queued: it can never stop itself)."""
+    def validate(request: gr.Request, **inputs):
+        verdict = admit(request, **inputs)
+        host.clicks.stop(request.session_hash or "anonymous")
+        return verdict
+    return validate
+
+
+def on_generate(bank, host: Host, view: View, request: gr.Request, *, model, progress=gr.Progress(), **inputs):
+    """Stream the chosen mode scale by scale, then the target-only and draft-only comparisons (reused when an
+    earlier click made them with the same pair, class, seed and sampling settings); render everything when
+    the chosen run ends and again when the comparisons arrive. Every input is checked (`validate`) before
+    anything runs. An official pair is held in the chosen precision (another one reloads it)."""
+    cls_inputs = (inputs["class_name"], inputs["class_id"])
     seed, mode = check("seed", inputs["seed"]), check("mode", inputs["mode"])
+    precision = check("precision", inputs["precision"])
+    pair = bank.get(model, precision)
+    cls = class_index(pair, *cls_inputs)
     settings = click_settings(inputs, pair.layout.num_scales)
-    progress(0, desc="starting")
-    runs = run_click(pair, mode, cls, seed, settings, lambda done, total, desc: progress((done, total), desc=desc))
     label = pair.class_names[cls] if pair.class_names else f"class {cls}"
-    return render_run(view, runs, f"your run — {mode}, {label}, seed {seed}", pair.class_names)
+    title = f"your run — {mode}, {label}, seed {seed}"
+    session = request.session_hash or "anonymous"
+    flag = host.clicks.start(session)
+    progress(0, desc="starting")
+    yield {view.showing: f"Running: {title} …", view.final_image: None, view.target_image: None,
+           view.draft_image: None, view.speedup: "…", view.token_grid: None, view.scale_md: "",
+           view.summary: "", view.target_calls: 0, view.draft_calls: 0, view.acceptance: None, view.timeline: None}
+    runs = {}
+    try:
+        for update in stream_click(pair, mode, cls, seed, settings, stop=flag):
+            progress((update.done, update.total), desc=update.text)
+            runs = update.runs or runs
+            if update.stage == "calibrating":
+                yield {view.showing: f"Running: {title} — {update.text} (first γ auto run of this pair here) …"}
+            elif update.stage == "scale":
+                yield streamed_scale(view, update, title)
+            elif update.stage == "main":
+                yield {**render_run(view, {"main": runs["main"]}, title, pair.class_names),
+                       view.showing: f"Showing: {title} — running the comparisons (target alone, draft alone) …"}
+            elif update.stage == "comparison":
+                main = runs["main"]
+                full = {"main": main, "target": runs.get("target", main if mode == "target" else None),
+                        "draft": runs.get("draft", main if mode == "draft" else None)}
+                yield render_run(view, full, title, pair.class_names, reused=update.cached)
+    except ClickStopped:
+        done = len(runs) and "the finished runs stay" or "nothing was kept"
+        yield {view.showing: f"Stopped: {title} ({done})."}
+    finally:
+        host.clicks.finish(session, flag)
 
 
-def render_run(view: View, runs: dict, title: str, class_names=None) -> dict:
+def streamed_scale(view: View, update, title: str) -> dict:
+    """What changes on the page after one scale of the chosen run: its token grid (and picture, when a
+    preview was decoded), the counters and the scrubber's position."""
+    ev, partial = update.event, update.partial
+    k = ev.done - 1
+    out = {view.showing: f"Running: {title} — {update.text}",
+           view.target_calls: ev.target_calls, view.draft_calls: ev.draft_calls,
+           view.wall: f"{ev.seconds:.2f} s so far", view.token_grid: viz.token_grid_figure(partial, k),
+           view.scale_md: viz.scale_summary(partial, k),
+           view.scale: gr.Slider(minimum=1, maximum=ev.total, value=ev.done, step=1)}
+    if update.picture is not None:
+        out[view.final_image] = viz.upscale(update.picture[0])
+    return out
+
+
+def render_run(view: View, runs: dict, title: str, class_names=None, reused=frozenset()) -> dict:
     """Every output of RUN_OUTPUTS for a click's runs; the scale view at the last scale. The session
-    keeps only what the scrubber and the Shapes tab need of the chosen run (`view_trace`)."""
+    keeps only what the scrubber and the Shapes tab need of the chosen run (`view_trace`).
+    runs: "main", and "target"/"draft" (missing or None: not run yet); reused: the comparisons that
+    came from an earlier click."""
     main = runs["main"]
+    target, draft = runs.get("target"), runs.get("draft")
     K = len(main.scales)
-    h = headline(main, runs["target"], runs["draft"])
-    img = lambda t: viz.upscale(t.images[0])  # noqa: E731
+    h = headline(main, target, draft)
+    img = lambda t: None if t is None else viz.upscale(t.images[0])  # noqa: E731
     kept = view_trace(main)
-    return {view.last_run: kept, view.last_click: view_click(runs), view.showing: f"Showing: {title}",
+    return {view.last_run: kept, view.last_click: view_click({"main": main, "target": target, "draft": draft}),
+            view.showing: f"Showing: {title}",
             view.target_calls: h["target_calls"], view.draft_calls: h["draft_calls"],
-            view.wall: f"{h['wall_s']:.2f} s", view.speedup: f"{h['speedup']:.2f}×",
-            view.final_image: img(main), view.target_image: img(runs["target"]), view.draft_image: img(runs["draft"]),
-            view.summary: summary_markdown(runs, h, class_names),
+            view.wall: f"{h['wall_s']:.2f} s", view.speedup: "…" if h["speedup"] is None else f"{h['speedup']:.2f}×",
+            view.final_image: img(main), view.target_image: img(target), view.draft_image: img(draft),
+            view.summary: summary_markdown({"main": main, "target": target, "draft": draft}, h, class_names, reused),
             view.scale: gr.Slider(minimum=1, maximum=K, value=K, step=1),
             **scale_view(view, last_run=kept, scale=K),
             view.acceptance: viz.acceptance_figure(main),
-            view.timeline: viz.timeline_figure(main, runs["target"] if runs["target"] is not main else None),
+            view.timeline: viz.timeline_figure(main, target if target is not None and target is not main else None),
             view.shape_table: shape_frame(kept, "all", "all")}
 
 
-def summary_markdown(runs: dict, h: dict, class_names=None) -> str:
-    """The paragraph under the pictures: what ran, calls, times, acceptance, agreement (headline h)."""
+def summary_markdown(runs: dict, h: dict, class_names=None, reused=frozenset()) -> str:
+    """The paragraph under the pictures: what ran, calls, times, acceptance, agreement (headline h);
+    comparisons not run yet are said to be running, reused ones are named."""
     st = runs["main"].settings
     cls = st["class_ids"][0]
     label = class_names[cls] if class_names and cls < len(class_names) else f"class {cls}"
-    lines = [f"**{st['mode']}** run of **{st.get('pair', '')}** ({label}, seed {st['seed']}): "
-             f"**{h['target_calls']} target calls** instead of {h['target_only_calls']}, "
+    head = (f"**{st['mode']}** run of **{st.get('pair', '')}** ({label}, seed {st['seed']}): "
+            f"**{h['target_calls']} target calls**")
+    if h["speedup"] is None:
+        return (head + f", {h['draft_calls']} draft calls, **{h['wall_s']:.2f} s**. The target-alone and "
+                "draft-alone runs of the same seed are running; the comparison follows.")
+    lines = [head + f" instead of {h['target_only_calls']}, "
              f"{h['draft_calls']} draft calls. Generation took **{h['wall_s']:.2f} s** against "
              f"**{h['target_only_wall_s']:.2f} s** for target only → **{h['speedup']:.2f}×** "
-             f"{'faster' if h['speedup'] >= 1 else '(slower)'}; draft only took {h['draft_only_wall_s']:.2f} s."]
+             f"{'faster' if h['speedup'] >= 1 else '(slower)'}"
+             + ("; the draft-alone run is running." if h["draft_only_wall_s"] is None
+                else f"; draft only took {h['draft_only_wall_s']:.2f} s.")]
+    if reused:
+        lines.append(f"The {' and '.join(sorted(f'{m}-alone' for m in reused))} run came from an earlier click "
+                     "with the same pair, class, seed and sampling settings (its time was measured then).")
     if h["verified_tokens"]:
         lines.append(f"The target accepted **{h['accepted_tokens']} of {h['verified_tokens']}** drafted tokens "
                      f"({h['accepted_tokens'] / h['verified_tokens']:.0%}).")

@@ -7,6 +7,7 @@ Every limit has a default that fits a 2-core CPU Space; README "Running it publi
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import html
 import os
 import shutil
@@ -50,17 +51,18 @@ class Limits:
     max_sessions: int = 64           # sessions whose state the server keeps (the oldest is dropped first)
     session_ttl: int = 3600          # seconds a session keeps its last run after it was made
     cache_ttl: int = 3600            # seconds before Gradio's cached files (pictures, CSVs) are deleted
+    gpu_max_seconds: int = 120       # the most GPU seconds one request may ask for on ZeroGPU (ui.gpu)
 
 
 ENV = {"generate_concurrency": "SDVAR_GENERATE_CONCURRENCY", "generates_per_session": "SDVAR_GENERATES_PER_SESSION",
        "sweep_concurrency": "SDVAR_SWEEP_CONCURRENCY",
        "sweeps_per_session": "SDVAR_SWEEPS_PER_SESSION", "sweep_max_runs": "SDVAR_SWEEP_MAX_RUNS",
        "queue_size": "SDVAR_QUEUE_SIZE", "max_sessions": "SDVAR_MAX_SESSIONS",
-       "session_ttl": "SDVAR_SESSION_TTL", "cache_ttl": "SDVAR_CACHE_TTL"}
+       "session_ttl": "SDVAR_SESSION_TTL", "cache_ttl": "SDVAR_CACHE_TTL", "gpu_max_seconds": "SDVAR_GPU_MAX_SECONDS"}
 _RANGES = {"generate_concurrency": (1, 64), "generates_per_session": (1, 64), "sweep_concurrency": (1, 64),
            "sweeps_per_session": (1, 64),
            "sweep_max_runs": (1, 10_000), "queue_size": (1, 100_000), "max_sessions": (1, 1_000_000),
-           "session_ttl": (10, 30 * 86400), "cache_ttl": (60, 30 * 86400)}
+           "session_ttl": (10, 30 * 86400), "cache_ttl": (60, 30 * 86400), "gpu_max_seconds": (5, 300)}
 
 
 def limits_from_env(environ=None) -> Limits:
@@ -146,19 +148,43 @@ class SweepStopped(Exception):
     """Raised inside a sweep's engine calls when its session pressed Stop."""
 
 
-class SweepLane:
-    """The sweeps running now, by session, each with its stop flag.
+class StopFlag(threading.Event):
+    """A sweep's stop flag: set in this process, or by the mark file Stop leaves in `marks` (a sweep that runs
+    in a forked ZeroGPU worker shares no memory with the process that serves Stop, only the disk)."""
 
-    A sweep calls `running(session)` around its work; Stop calls `stop(session)`, and the sweep's
+    def __init__(self, mark: Path | None = None):
+        super().__init__()
+        self.mark = mark
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self.mark is not None and self.mark.exists())
+
+
+class SweepLane:
+    """The sweeps (or Generate clicks) running now, by session, each with its stop flag.
+
+    A sweep calls `start(session)` / `finish` around its work; Stop calls `stop(session)`, and the sweep's
     per-scale callback (`check_stop`) then raises SweepStopped, so the engine stops within one scale.
+    With a `marks` folder, Stop also leaves a mark there, which reaches sweeps running in other processes.
     """
 
-    def __init__(self):
+    def __init__(self, marks: Path | None = None):
         self.lock = threading.Lock()
         self.flags: dict[str, list[threading.Event]] = {}
+        self.marks = marks
+        if marks is not None:
+            marks.mkdir(parents=True, exist_ok=True)
+
+    def _mark(self, session: str) -> Path | None:
+        if self.marks is None:
+            return None
+        return self.marks / f"{hashlib.sha256(str(session).encode()).hexdigest()[:16]}.stop"
 
     def start(self, session: str) -> threading.Event:
-        flag = threading.Event()
+        mark = self._mark(session)
+        if mark is not None:
+            mark.unlink(missing_ok=True)   # a Stop pressed before this sweep does not stop it
+        flag = StopFlag(mark)
         with self.lock:
             self.flags.setdefault(session, []).append(flag)
         return flag
@@ -170,13 +196,20 @@ class SweepLane:
                 flags.remove(flag)
             if not flags:
                 self.flags.pop(session, None)
+                mark = self._mark(session)
+                if mark is not None:
+                    mark.unlink(missing_ok=True)
 
     def stop(self, session: str) -> int:
-        """Ask every running sweep of `session` to stop; how many there were."""
+        """Ask every running sweep of `session` to stop (here and, with marks, in other processes); how
+        many run in this process."""
         with self.lock:
             flags = list(self.flags.get(session, []))
         for flag in flags:
             flag.set()
+        mark = self._mark(session)
+        if mark is not None:
+            mark.touch()
         return len(flags)
 
     def count(self, session: str | None = None) -> int:
@@ -189,7 +222,7 @@ class SweepLane:
 
 def check_stop(flag: threading.Event):
     """An engine on_scale callback that raises SweepStopped once `flag` is set."""
-    def on_scale(done, total):
+    def on_scale(_done):
         if flag.is_set():
             raise SweepStopped()
     return on_scale
@@ -253,14 +286,16 @@ class SweepFiles:
 
 @dataclass
 class Host:
-    """What the served app shares between sessions besides the models: its limits, the sweep lane and
-    the folder of sweep CSVs."""
+    """What the served app shares between sessions besides the models: its limits, the sweep lane, the
+    folder of sweep CSVs and the running clicks."""
 
     limits: Limits
-    lane: SweepLane
+    lane: SweepLane       # running sweeps and their stop flags
     files: SweepFiles
+    clicks: SweepLane     # running Generate clicks and their stop flags
 
     @classmethod
     def create(cls, limits: Limits | None = None) -> "Host":
         limits = limits or limits_from_env()
-        return cls(limits, SweepLane(), SweepFiles(limits.cache_ttl))
+        files = SweepFiles(limits.cache_ttl)   # Stop's marks live beside the CSVs (see SweepLane)
+        return cls(limits, SweepLane(files.root / "sweep-stops"), files, SweepLane(files.root / "click-stops"))

@@ -10,7 +10,8 @@ from sdvar_core.engine import Settings
 from sdvar_core.explore import class_index, gallery_summary, run_mask_gallery
 from sdvar_core.validate import check
 
-from .common import View, gpu, listen
+from .common import View, listen
+from .gpu import gallery_budget, gpu_callback
 from .hosting import Limits, admission
 
 GALLERY_OUTPUTS = ("gallery", "mask_gallery", "gallery_md")
@@ -31,7 +32,8 @@ def build(view: View) -> None:
 
 def wire(view: View, demo: gr.Blocks, bank, limits: Limits) -> None:
     """Seven generations: in the Generate lane, counted in a session's Generate clicks."""
-    listen(view, view.gallery_btn.click, gpu(duration=60)(on_gallery), bank, view, public="mask_gallery",
+    run = gpu_callback(on_gallery, gallery_budget, limits.gpu_max_seconds)   # a GPU request on ZeroGPU
+    listen(view, view.gallery_btn.click, run, bank, view, public="mask_gallery",
            outputs=GALLERY_OUTPUTS, concurrency_id="generate", concurrency_limit=limits.generate_concurrency,
            validator=admission(demo, "generate", limits.generates_per_session, "generation"),
            show_progress_on=[view.mask_gallery])

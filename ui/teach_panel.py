@@ -179,9 +179,10 @@ def regime_view(view: View, *, last_run, last_click, whatif_regime, whatif_rejec
 
 def export_view(view: View, *, last_run, last_click, scale, round_pick, export_formats, whatif_ratio,
                 whatif_overhead, whatif_rejection, whatif_batch, last_sweep, gallery, mask_rule, mask_entry,
-                progress=gr.Progress()):
+                picture_pyramid=None, progress=gr.Progress()):
     """A zip of every figure in the chosen formats (see figures.static_figures): the run's (when the
-    session has one), the Masks tab's mask raster and six masks, the last sweep's frontier. A generator:
+    session has one), the Masks tab's mask raster and six masks, the last sweep's frontier, the pyramid of
+    the picture shown in the "Your picture" tab. A generator:
     the zip's folder is removed once Gradio has taken its copy."""
     runs = runs_of(last_run, last_click)
     K = _scales(runs)
@@ -194,7 +195,7 @@ def export_view(view: View, *, last_run, last_click, scale, round_pick, export_f
     mask = (check("mask_rule", mask_rule), check("mask_entry", mask_entry, num_scales=K))
     progress(0, desc="drawing the figures")
     figs, texts = static_figures(runs, scale=k, round_index=i if runs and runs["main"].rounds else None, mask=mask,
-                                 gallery=gallery, sweep=last_sweep, whatif=whatif)
+                                 gallery=gallery, sweep=last_sweep, whatif=whatif, pyramid=picture_pyramid)
     data = export_zip(figs, formats, texts, on_file=lambda j, n, name: progress((j, n), desc=f"writing {name}"))
     folder = Path(tempfile.mkdtemp(prefix="sdvar-figures-"))
     try:

@@ -79,7 +79,7 @@ def run_patterns(pair: Pair, device: torch.device, *, batch: int, repeats: int, 
     pats = mode_patterns(layout.num_scales, gammas, accepts, auto)
     meter = LoadMeter()
     t0 = time.perf_counter()
-    costs = calibrate(pair, batch, Settings(precision=precision))[0].costs(layout) if auto else None
+    costs = calibrate(pair, batch, precision).costs(layout) if auto else None
     for p in pats[:2]:   # warm-up
         run_pattern(pair, p, batch, 0, precision, np.random.default_rng(0))
     secs = {p.name: {} for p in pats}
