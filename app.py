@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from sdvar_core.config import ASSETS_DIR, CLASSIFIER_STEM, EXAMPLES_DIR
+from sdvar_core.config import ASSETS_DIR, CLASSIFIER_STEM, EXAMPLES_DIR, FRONTIER_JSON
 from sdvar_core.explore import MODELS, PairBank, default_pair_loader, load_quality_classifier, scan_bundles
 from sdvar_core.runtime import resolve_device
 from ui import compare_tab, generate_tab, masks_tab, picture_tab, shapes_tab
@@ -51,10 +51,11 @@ def problems_markdown(problems: list[str]) -> str:
 
 
 def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | None = None,
-               limits: Limits | None = None, classifier_stem=CLASSIFIER_STEM) -> gr.Blocks:
+               limits: Limits | None = None, classifier_stem=CLASSIFIER_STEM, frontier_path=FRONTIER_JSON) -> gr.Blocks:
     """The Gradio app. pair_loader(key) → Pair for the keys of MODELS (default: the zoo);
     examples_dir holds precomputed runs (*.npz made by scripts/make_examples.py); limits default to
-    the SDVAR_* environment variables (`ui.hosting`). A missing or damaged shipped file never stops
+    the SDVAR_* environment variables (`ui.hosting`); frontier_path: the precomputed frontier of the
+    Compare tab (`bench frontier --json`). A missing or damaged shipped file never stops
     the app: the page's notice names it and what still works."""
     bank = PairBank(pair_loader or default_pair_loader(weights_dir))
     host = Host.create(limits)
@@ -63,6 +64,8 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
     on_cuda = next(tiny.target.parameters()).is_cuda
     bundles, skipped = scan_bundles(examples_dir)
     problems = asset_problems(bank, skipped, classifier_stem)
+    precomputed, frontier_problem = compare_tab.load_precomputed(frontier_path)
+    problems += [frontier_problem] if frontier_problem else []
     view = View()
 
     with gr.Blocks(title="SDVAR Explorer", delete_cache=cache_schedule(host.limits)) as demo:
@@ -96,14 +99,14 @@ def build_demo(pair_loader=None, examples_dir=EXAMPLES_DIR, weights_dir: str | N
             with gr.Tab("Shapes", id="shapes"):
                 shapes_tab.build(view, tiny.layout.num_scales)
             with gr.Tab("Compare", id="compare"):
-                compare_tab.build(view, tiny.layout.num_scales)
+                compare_tab.build(view, tiny.layout.num_scales, precomputed)
             with gr.Tab("Your picture", id="picture"):
                 picture_tab.build(view, tiny, host.limits.session_ttl)
 
         generate_tab.wire(view, demo, bank, bundles, host)
         masks_tab.wire(view, demo, bank, host.limits)
         shapes_tab.wire(view)
-        compare_tab.wire(view, demo, bank, host)
+        compare_tab.wire(view, demo, bank, host, precomputed)
         picture_tab.wire(view, demo, bank, host.limits)
     demo.queue(default_concurrency_limit=4, max_size=host.limits.queue_size)
     demo.sdvar_host = host   # for launch() and the tests

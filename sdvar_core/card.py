@@ -3,7 +3,8 @@
     python -m sdvar_core.card [--folder assets/tiny] [--per-class 100] [--work out/tiny-card]
 
 Every number comes from this run, at the app's default sampling settings (`Settings()`):
-- class accuracy and FID-tiny of target-only and draft-only images, each folder made by
+- class accuracy and FID-tiny of target-only and draft-only images (and of the plain mid model's, when
+  FOLDER/mid.* is there: a baseline for the speed–quality frontier, not part of the pair), each folder made by
   `python -m sdvar_core.sample` and scored by `python -m sdvar_core.evaluate` (the same functions);
 - exact speculative decoding (γ = 2, batch 1, as the app runs it): target calls, acceptance per
   scale, and the corrected-token rate on edge tokens against flat tokens (edges from image gradients);
@@ -27,7 +28,7 @@ from .config import CLASSIFIER_STEM, TINY_DIR
 from .engine import Pair, Settings, generate
 from .runtime import machine_name, resolve_device
 from .trace import ACCEPTED, CORRECTED
-from .zoo import file_sha256, load_pair_folder
+from .zoo import file_sha256, load_pair_folder, plain_model_folder
 
 GRID_ROWS = 3            # images per class and source in grid.png
 GRID_ZOOM = 2            # nearest-neighbour upscaling of every tile
@@ -189,10 +190,12 @@ def write_markdown(path: Path, card: dict) -> None:
                  f"{vq.get('precision', 'fp32')}, {vq.get('wall_time_s')} s on {vq.get('machine')} | reconstruction PSNR "
                  f"{vq.get('heldout_psnr_db')} dB on {vq.get('eval_images')} held-out real images (mean per image; "
                  f"what `encode_image` → decode reaches on such pictures), codebook usage {vq.get('codebook_usage')} |")
-    for name in ("target", "draft"):
+    for name in ("target", "draft", "mid"):
+        if name not in ev:   # the plain mid model is optional
+            continue
         c, r = m[name]["config"], ev[name]
         lo, hi = r["fid_tiny_ci95"]
-        lines.append(f"| {name} VAR | depth {c['depth']}, width {c['width']}, heads {c['heads']}, "
+        lines.append(f"| {'plain mid' if name == 'mid' else name} VAR | depth {c['depth']}, width {c['width']}, heads {c['heads']}, "
                      f"{m[name].get('params')} params | {m[name].get('steps')} steps × {m[name].get('batch_size')}, "
                      f"{m[name].get('precision', 'fp32')}, {m[name].get('wall_time_s')} s on {m[name].get('machine')} | "
                      f"class accuracy {r['class_accuracy']:.4f}, FID-tiny {r['fid_tiny']:.3f} [{lo:.3f}, {hi:.3f}] |")
@@ -253,6 +256,19 @@ def main(argv=None) -> dict:
         with np.load(out / "samples.npz") as z:
             sample_sets[mode] = (z["arr_0"], z["labels"])
         print(mode, rows[mode], flush=True)
+    mid = folder / "mid"   # the plain mid model (train all's last stage), when shipped: a baseline, not the pair
+    if Path(f"{mid}.json").is_file() and Path(f"{mid}.safetensors").is_file():
+        out = work / "mid"
+        t0 = time.perf_counter()
+        sample.main(["--pair", str(plain_model_folder(folder, mid, work / "mid-pair")), "--mode", "target",
+                     "--per-class", str(args.per_class), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
+                     "--out", str(out), "--device", device.type, "--cfg", str(args.cfg), "--top-k", str(args.top_k),
+                     "--top-p", str(args.top_p)])
+        result = evaluate.evaluate(out, classifier_path=args.classifier, n_real=args.real)
+        rows["mid"] = {k: result[k] for k in ("class_accuracy", "fid_tiny", "fid_tiny_ci95", "images")}
+        rows["mid"]["seconds"] = round(time.perf_counter() - t0, 1)
+        rows["mid"]["training_wall_time_s"] = json.loads(Path(f"{mid}.json").read_text()).get("wall_time_s")
+        print("mid", rows["mid"], flush=True)
     clf = load_classifier(args.classifier, device=str(device))
     real, _ = data.make_batch(args.real, HELDOUT_SEED)
     real2, _ = data.make_batch(args.real, HELDOUT_SEED - 1)
@@ -268,7 +284,8 @@ def main(argv=None) -> dict:
                                                  for m in ("target", "draft")), data.CLASS_NAMES)
     files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
              for p in (folder / f"{name}.safetensors" for name in ("draft", "target", "vqvae"))}   # the pair only
-    models = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("vqvae", "draft", "target")}
+    models = {name: json.loads((folder / f"{name}.json").read_text())
+              for name in ("vqvae", "draft", "target") + (("mid",) if "mid" in rows else ())}
     card = {"name": "tiny", "data": DATA_DESCRIPTION, "data_version": data.DATA_VERSION, "data_changes": DATA_CHANGES,
             "class_names": list(data.CLASS_NAMES), "files": files, "models": models,
             "classifier": json.loads(Path(f"{args.classifier}.json").read_text()),

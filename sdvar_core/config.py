@@ -16,6 +16,8 @@ OFFICIAL_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 # (in assets/ of the checkout, or the folder $SDVAR_ASSETS_DIR names).
 ASSETS_DIR = Path(os.environ.get("SDVAR_ASSETS_DIR") or Path(__file__).resolve().parent.parent / "assets")
 TINY_DIR = ASSETS_DIR / "tiny"
+MID_STEM = TINY_DIR / "mid"                    # the plain mid model: a baseline beside the pair, not a default
+FRONTIER_JSON = ASSETS_DIR / "frontier.json"   # the speed–quality frontier of the pair (`bench frontier`)
 CLASSIFIER_STEM = ASSETS_DIR / "classifier"   # <stem>.json + <stem>.safetensors
 EXAMPLES_DIR = ASSETS_DIR / "examples"
 

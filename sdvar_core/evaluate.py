@@ -84,6 +84,13 @@ def compare(run: dict, ref: dict, notes: list[str]) -> dict:
     return out
 
 
+def real_features(classifier, classes, n_real: int, real_seed: int, size: int) -> np.ndarray:
+    """Classifier features (n_real, D) of n_real procedural images balanced over `classes` (class
+    classes[i % len(classes)] for image i), rendered from `real_seed` at `size` px: FID-tiny's real set."""
+    classes = np.asarray(classes)
+    return features(classifier, make_images(classes[np.arange(n_real) % len(classes)], real_seed, size))
+
+
 def classifier_metrics(run: dict, classifier, n_real: int, real_seed: int, n_boot: int) -> dict:
     """Class accuracy against the labels; FID-tiny against n_real procedural images of the folder's classes.
 
@@ -91,10 +98,8 @@ def classifier_metrics(run: dict, classifier, n_real: int, real_seed: int, n_boo
     (with replacement, real set fixed). Resamples repeat images, so the interval leans above the point value.
     """
     images, labels = run["images"], run["labels"]
-    classes = np.unique(labels)
-    real_labels = classes[np.arange(n_real) % len(classes)]   # balanced over the folder's classes
-    real = make_images(real_labels, real_seed, images.shape[1])
-    f_real, f_fake = features(classifier, real), features(classifier, images)
+    f_real = real_features(classifier, np.unique(labels), n_real, real_seed, images.shape[1])
+    f_fake = features(classifier, images)
     _, lo, hi = metrics.bootstrap_interval(f_real, f_fake, n_boot)
     return dict(class_accuracy=class_accuracy(classifier, images, labels),
                 fid_tiny=metrics.fid_from_features(f_real, f_fake),

@@ -81,21 +81,31 @@ def fid_tiny(classifier: Classifier, images_a: np.ndarray, images_b: np.ndarray)
     return fid_from_features(features(classifier, images_a), features(classifier, images_b))
 
 
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) int64: n_boot resamples of range(n) with replacement. Sets of equal size resampled
+    with the same indices give a paired bootstrap (index j of one set goes with index j of the other)."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    return np.random.default_rng(seed).integers(0, n, (n_boot, n))
+
+
+def bootstrap_fids(real_feats: np.ndarray, fake_feats: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """FID of every resample of the fake features (N, D) against the fixed real set: indices (n_boot, N) →
+    (n_boot,). Each resample costs one covariance and one sqrtm."""
+    real_stats = gaussian_stats(real_feats)
+    f = np.asarray(fake_feats)
+    return np.array([frechet_distance(*real_stats, *gaussian_stats(f[idx])) for idx in indices])
+
+
 def bootstrap_interval(real_feats: np.ndarray, fake_feats: np.ndarray, n_boot: int = 20,
                        seed: int = 0) -> tuple[float, float, float]:
     """FID over n_boot resamples of the fake features (with replacement, real set fixed).
 
     Returns (mean, lo, hi): mean and 2.5 / 97.5 percentiles of the bootstrap values. Resampling
     repeats images, so these sit above the FID of the full sets: compare settings only at equal
-    set sizes. Each resample costs one covariance and one sqrtm.
+    set sizes.
     """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    real_stats = gaussian_stats(real_feats)
-    f = np.asarray(fake_feats)
-    rng = np.random.default_rng(seed)
-    vals = np.array([frechet_distance(*real_stats, *gaussian_stats(f[rng.integers(0, len(f), len(f))]))
-                     for _ in range(n_boot)])
+    vals = bootstrap_fids(real_feats, fake_feats, bootstrap_indices(len(fake_feats), n_boot, seed))
     return float(vals.mean()), float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
 
 

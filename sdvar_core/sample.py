@@ -25,7 +25,7 @@ Folder layout:
     run.json              {"job": what fixes the images, "runs": one entry per invocation}
 
 Several nodes need --out on a shared file system. Resuming: run the same command again. Done chunks are skipped; a killed run loses at most the
-chunks in flight. A different job (pair, mode, settings, seed, classes, per-class, batch size)
+chunks in flight; --max-minutes stops between chunks. A different job (pair, mode, settings, seed, classes, per-class, batch size)
 in the same folder is refused.
 """
 from __future__ import annotations
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     p.add_argument("--max-chunks", type=int, default=None,
                    help="stop after this many new chunks (all processes together); rerun to go on")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="start no new chunk after this many minutes (each process); rerun to go on")
     p.add_argument("--device", default="auto", help="'auto' (cuda:LOCAL_RANK if available), 'cpu' or 'cuda'")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads per process (0 = leave as is)")
     return p
@@ -292,6 +294,8 @@ def check_args(parser: argparse.ArgumentParser, args) -> tuple[dict, list[int]]:
             parser.error(f"{flag} must be >= {low}, got {value}")
     if args.max_chunks is not None and args.max_chunks < 1:
         parser.error(f"--max-chunks must be >= 1, got {args.max_chunks}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        parser.error(f"--max-minutes must be > 0, got {args.max_minutes}")
     if args.pair != "official" and (args.draft_depth, args.target_depth, args.weights_dir) != (None, None, None):
         parser.error("--draft-depth/--target-depth/--weights-dir apply to --pair official only")
     try:
@@ -386,14 +390,19 @@ def main(argv=None) -> None:
     barrier(world)
 
     t0 = time.perf_counter()
-    for c in tqdm(mine, desc=f"rank {rank}", disable=rank != 0, file=sys.stderr):
+    deadline = None if args.max_minutes is None else t0 + 60 * args.max_minutes
+    made = 0
+    for c in tqdm(mine, desc=f"{args.mode} rank {rank}", disable=rank != 0, file=sys.stderr):
+        if deadline is not None and time.perf_counter() > deadline:   # between chunks: nothing half-made
+            break
         append_stats(out, make_chunk(pair, args, settings, out, c, labels))
+        made += 1
     seconds = time.perf_counter() - t0
     barrier(world)
 
     if rank == 0:
         left = finish(out, num_chunks, args.batch_size, labels, pair.layout.patch_nums)
-        print(json.dumps(dict(made_chunks=len(todo), rank0_seconds=round(seconds, 2), chunks_left=left)), flush=True)
+        print(json.dumps(dict(made_chunks_rank0=made, rank0_seconds=round(seconds, 2), chunks_left=left)), flush=True)
         if left:
             print(f"incomplete: {left} chunk(s) left; rerun the same command to resume", flush=True)
     if world > 1:

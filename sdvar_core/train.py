@@ -322,6 +322,9 @@ class PairRecipe:
     draft: tuple[int, int, int] = (3, 128, 2)
     draft_steps: int = 2500
     draft_lr: float = 2e-3
+    mid: tuple[int, int, int] = (4, 160, 2)      # the plain mid model: a baseline between draft and target
+    mid_steps: int = 3500
+    mid_lr: float = 1.5e-3
     warmup: int = 200
     per_class: int = 100            # card: images per class per model
     real: int = 1000                # card: real images for FID-tiny
@@ -329,12 +332,13 @@ class PairRecipe:
 
     def quick(self) -> "PairRecipe":
         return replace(self, classifier_steps=4, vqvae_steps=4, vqvae_batch_size=8, vqvae_pool=200, images=400,
-                       eval_images=100, var_batch_size=4, target_steps=4, draft_steps=4, warmup=2, per_class=2,
+                       eval_images=100, var_batch_size=4, target_steps=4, draft_steps=4, mid_steps=4, warmup=2, per_class=2,
                        real=50, spec_samples=4)
 
     def stages(self, work: Path, common: list[str]) -> list[tuple[str, str, list[str], Path]]:
         """(name, module, argv, output stem) of every training stage, in order (the cheap draft before the
-        target, so that a problem with the data or the tokens shows early)."""
+        target, so that a problem with the data or the tokens shows early; the plain mid model last: a
+        baseline for the speed–quality frontier, not part of the pair)."""
         w = lambda name: str(work / name)  # noqa: E731
         var = ["var", "--vqvae", w("vqvae"), "--batch-size", str(self.var_batch_size), "--images", str(self.images),
                "--eval-images", str(self.eval_images), "--data-cache", w("tokens.pt"), "--warmup", str(self.warmup),
@@ -353,6 +357,10 @@ class PairRecipe:
                                        str(self.target[1]), "--heads", str(self.target[2]), "--steps",
                                        str(self.target_steps), "--lr", str(self.target_lr), "--seed", "1"],
              work / "target"),
+            ("mid", "train", var + ["--out", w("mid"), "--depth", str(self.mid[0]), "--width", str(self.mid[1]),
+                                    "--heads", str(self.mid[2]), "--steps", str(self.mid_steps), "--lr",
+                                    str(self.mid_lr), "--seed", "3"],
+             work / "mid"),
         ]
 
 
@@ -390,7 +398,7 @@ def train_all(args) -> dict:
         if not stage_done(stem, argv):
             raise SystemExit(f"stage {name} stopped before its last step (time limit?); rerun to resume")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("vqvae", "target", "draft"):
+    for name in ("vqvae", "target", "draft", "mid"):   # mid: assets/tiny/mid.*, read by the card and `bench frontier`
         for ext in ("safetensors", "json"):
             shutil.copy2(work / f"{name}.{ext}", out / f"{name}.{ext}")
     classifier = Path(args.classifier)

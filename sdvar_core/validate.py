@@ -154,6 +154,7 @@ RULES: dict[str, Rule] = {
     "export_formats": Rule("choice", choices=("png", "svg", "pdf")),
     "frontier_metric": Rule("choice", choices=("auto", "class_accuracy", "fid_tiny", "token_agreement",
                                                "pixel_psnr_db")),
+    "plain_metric": Rule("choice", choices=("fid_tiny", "class_accuracy")),   # the precomputed frontier's y
 }
 
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from . import economics, masks, viz, viz_teach
+from . import frontier as fr
 from .config import ScaleLayout
 from .trace import ACCEPTED, INPUT, STATUS_NAMES, Trace
 
@@ -302,6 +303,42 @@ def frontier(df: pd.DataFrame, metric: str | None = None) -> Figure:
     ax.legend(loc="best", frameon=False, fontsize=9)
     _clean(ax)
     return fig
+
+
+def plain_frontier(points: list, metric: str = "fid_tiny") -> Figure:
+    """The pair against plain models (`viz_teach.plain_frontier_figure`'s twin): every measured row at
+    (speed-up, quality) with its 95 % interval bar, the plain-models curve, the Pareto front."""
+    d = fr.series(points, metric)
+    fig = _figure((10, 6))
+    ax = fig.subplots()
+    markers = {"square": "s", "circle": "o", "diamond": "D", "triangle-up": "^", "triangle-down": "v"}
+    if len(d["plain"]["x"]) >= 2:
+        ax.plot(d["plain"]["x"], d["plain"]["y"], color="#000000", linewidth=1.5, label="plain-models curve", zorder=2)
+    for fam, (name, symbol, color) in viz_teach.PLAIN_FRONTIER_STYLE.items():
+        g = d["families"].get(fam)
+        if not g:
+            continue
+        ax.vlines(g["x"], g["lo"], g["hi"], color=color, linewidth=1, zorder=2)   # the interval itself
+        ax.plot(g["x"], g["y"], linestyle="none", marker=markers[symbol], color=color,
+                markersize=9 if fam == "plain" else 6, label=name, zorder=3, markeredgecolor="white")
+        if fam == "plain":
+            for x, y, n in zip(g["x"], g["y"], g["names"]):
+                ax.annotate(n, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    if d["front"]["x"]:
+        ax.step(d["front"]["x"], d["front"]["y"], where="pre", color=viz.PLAN_COLOR, linestyle=":", linewidth=2,
+                label="Pareto front")
+    if not d["families"]:
+        ax.text(0.5, 0.5, "no row has both its speed and its quality measured yet", transform=ax.transAxes,
+                ha="center", color="#555555")
+    ax.axvline(1.0, color="#999999", linestyle="--", linewidth=1)
+    if not d["higher"]:
+        ax.invert_yaxis()
+    ax.set_xlabel("speed-up vs the target alone (×) →")
+    ax.set_ylabel(d["label"] + (" ↑" if d["higher"] else " (axis reversed: better is up)"))
+    ax.set_title(f"The pair against plain models: {d['label']} against speed-up (bars: 95 % intervals)", fontsize=11)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", frameon=False, fontsize=8)
+    _clean(ax)
 
 
 # ---- your own picture -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from . import economics, masks
+from . import frontier as fr
 from .config import ScaleLayout
 from .trace import ACCEPTED, Trace
 from .viz import MODEL_COLORS, PLAN_COLOR, STATUS_COLORS, _layout, mask_png, scale_label, upscale
@@ -159,6 +160,68 @@ def frontier_figure(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
                      autorange=True if higher else "reversed")
     return _layout(fig, f"Speed–quality frontier: {label} against speed-up (larger markers: on the front)",
                    height=420, legend=dict(orientation="h", y=-0.2, x=0))
+
+
+# ---- the pair's precomputed frontier against plain models ---------------------------------------
+
+# family → (legend name, plotly symbol, colour); the static twin maps the symbols to matplotlib markers
+PLAIN_FRONTIER_STYLE = {"plain": ("plain models", "square", "#000000"),
+                        "D→T": (fr.FAMILIES["D→T"], "circle", MODEL_COLORS["draft"]),
+                        "T→D": (fr.FAMILIES["T→D"], "diamond", "#009E73"),
+                        "exact": (fr.FAMILIES["exact"], "triangle-up", MODEL_COLORS["target"]),
+                        "relaxed": (fr.FAMILIES["relaxed"], "triangle-down", "#D55E00")}
+SWEEP_STYLE = ("your sweep (its own target-alone run; few images)", "x", "#555555")
+
+
+def plain_frontier_figure(points: list, metric: str = "fid_tiny", sweep: pd.DataFrame | None = None,
+                          title: str | None = None) -> go.Figure:
+    """Every measured row as a point (speed-up vs the target alone →, quality with its 95 % interval bars),
+    the plain models joined as the plain-models curve, the Pareto front as a dotted staircase; a sweep
+    table of the Compare tab (`speedup` and the metric's column) drawn over it. points: `frontier.Point`s."""
+    d = fr.series(points, metric)
+    fig = go.Figure()
+    if len(d["plain"]["x"]) >= 2:
+        fig.add_trace(go.Scatter(x=d["plain"]["x"], y=d["plain"]["y"], mode="lines", name="plain-models curve",
+                                 hoverinfo="skip", line=dict(color="#000000", width=1.5)))
+    for fam, (name, symbol, color) in PLAIN_FRONTIER_STYLE.items():
+        g = d["families"].get(fam)
+        if not g:
+            continue
+        fig.add_trace(go.Scatter(x=g["bars_x"], y=g["bars_y"], mode="lines", line=dict(color=color, width=1),
+                                 hoverinfo="skip", showlegend=False, legendgroup=fam))
+        fig.add_trace(go.Scatter(
+            x=g["x"], y=g["y"], mode="markers+text" if fam == "plain" else "markers", name=name, legendgroup=fam,
+            text=g["names"] if fam == "plain" else None, textposition="top center",
+            marker=dict(symbol=symbol, size=11 if fam == "plain" else 8, color=color, line=dict(color="white", width=1)),
+            hovertext=g["hover"], hoverinfo="text"))
+    if d["front"]["x"]:
+        xs, ys = [], []
+        for x, y in zip(d["front"]["x"], d["front"]["y"]):   # the edge of what the front dominates
+            if xs:
+                xs.append(xs[-1])
+                ys.append(y)
+            xs.append(x)
+            ys.append(y)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="Pareto front", hoverinfo="skip",
+                                 line=dict(color=PLAN_COLOR, width=2, dash="dot")))
+    if sweep is not None and len(sweep) and metric in sweep and "speedup" in sweep:
+        q = pd.to_numeric(sweep[metric], errors="coerce")
+        ok = q.notna() & pd.to_numeric(sweep["speedup"], errors="coerce").notna()
+        if ok.any():
+            name, symbol, color = SWEEP_STYLE
+            fig.add_trace(go.Scatter(x=sweep["speedup"][ok], y=q[ok], mode="markers", name=name,
+                                     marker=dict(symbol=symbol, size=9, color=color),
+                                     hovertext=sweep["config"][ok].astype(str) if "config" in sweep else None,
+                                     hoverinfo="text+x+y"))
+    if not d["families"]:
+        fig.add_annotation(text="no row has both its speed and its quality measured yet", x=0.5, y=0.5,
+                           xref="paper", yref="paper", showarrow=False, font=dict(size=13, color="#555"))
+    fig.add_vline(x=1.0, line=dict(color="#999999", dash="dash", width=1))
+    fig.update_xaxes(title="speed-up vs the target alone (×) →", gridcolor="#e5e5e5")
+    fig.update_yaxes(title=d["label"] + (" ↑" if d["higher"] else " ↓"), gridcolor="#e5e5e5",
+                     autorange=True if d["higher"] else "reversed")
+    return _layout(fig, title or f"The pair against plain models: {d['label']} against speed-up (bars: 95 % intervals)",
+                   height=480, legend=dict(orientation="h", y=-0.2, x=0))
 
 
 # ---- six masks on one seed -----------------------------------------------------------------------

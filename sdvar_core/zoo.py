@@ -255,6 +255,26 @@ def load_pair_folder(folder, device="cpu", name: str | None = None, class_names=
                 class_names=class_names)
 
 
+def plain_model_folder(folder, model_stem, out) -> Path:
+    """A pair folder `out` whose target is the VAR at `model_stem` (.json + .safetensors) and whose VQ-VAE
+    and draft are those of `folder`, so that `sample --pair OUT --mode target` samples that model alone
+    (the plain mid model of the frontier and the card). Files are copied; returns `out`."""
+    import shutil
+
+    folder, model_stem, out = Path(folder), Path(model_stem), Path(out)
+    sources = {f"{name}.{ext}": folder / f"{name}.{ext}" for name in ("vqvae", "draft") for ext in ("json", "safetensors")}
+    sources.update({f"target.{ext}": Path(f"{model_stem}.{ext}") for ext in ("json", "safetensors")})
+    missing = [str(p) for p in sources.values() if not p.is_file()]
+    if missing:
+        raise ValueError(f"cannot build a plain-model pair folder: {', '.join(missing)} not found")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        dst = out / name
+        if not dst.is_file() or dst.stat().st_size != src.stat().st_size or file_sha256(dst) != file_sha256(src):
+            shutil.copy2(src, dst)
+    return out
+
+
 def _tiny_pair(device, folder: Path = TINY_DIR) -> Pair:
     """The embedded pair of `folder` (assets/tiny): vqvae, draft, target (+ card.json, checked when present)."""
     folder = Path(folder)

@@ -114,8 +114,11 @@ def test_build_demo_without_examples_or_embedded_weights():
     config = demo.get_config_file()
     ids = {c["props"].get("elem_id") for c in config["components"]}
     for elem_id in ("generate", "final-image", "scale-slider", "token-grid", "timeline", "target-calls", "speedup",
-                    "mask-heatmap", "mask-rule", "entry-num", "shape-table", "sweep-run", "sweep-plot"):
+                    "mask-heatmap", "mask-rule", "entry-num", "shape-table", "sweep-run", "sweep-plot",
+                    "plain-frontier-plot", "plain-metric", "plain-frontier-text"):
         assert elem_id in ids
+    plain = next(c for c in config["components"] if c["props"].get("elem_id") == "plain-frontier-plot")
+    assert plain["props"]["value"] is not None      # the precomputed frontier is drawn at start, no click needed
     texts = " ".join(str(c["props"].get("value", "")) for c in config["components"])
     assert "untrained pair with random weights" in texts
 
@@ -229,3 +232,11 @@ def test_api_sweep_and_csv(client):
     assert (df["target_calls"] == [10, 0, df.loc[2, "target_calls"], df.loc[3, "target_calls"]]).all()
     assert [t["name"] for t in plot_json(out["sweep-plot"])["data"]][:1] == ["τ = 1"]
     assert [r[0] for r in out["sweep-table"]["data"]] == list(df["config"])
+
+
+def test_api_precomputed_frontier_in_either_metric(client):
+    out = call(client, "/plain_frontier", plain_metric="class_accuracy")
+    layout = plot_json(out["plain-frontier-plot"])["layout"]
+    assert "class accuracy" in layout["title"]["text"] and layout["yaxis"]["autorange"] is True
+    out = call(client, "/plain_frontier", plain_metric="fid_tiny")
+    assert plot_json(out["plain-frontier-plot"])["layout"]["yaxis"]["autorange"] == "reversed"

@@ -92,6 +92,8 @@ def test_goals_read_the_numbers():
 def test_card_end_to_end_writes_hashes_that_load_pair_checks(tmp_path, pair_dir):
     folder = tmp_path / "tiny"
     shutil.copytree(pair_dir, folder)
+    for ext in ("json", "safetensors"):   # a plain mid model beside the pair (here: the draft's weights)
+        shutil.copy2(folder / f"draft.{ext}", folder / f"mid.{ext}")
     # the classifier inside the pair's folder (as `train all --classifier <out>/classifier` puts it): not the pair's
     save_classifier(train_classifier(steps=2, batch_size=4, progress=False), folder / "clf", {"steps": 2})
     c = card.main(["--folder", str(folder), "--classifier", str(folder / "clf"), "--work", str(tmp_path / "work"),
@@ -100,6 +102,9 @@ def test_card_end_to_end_writes_hashes_that_load_pair_checks(tmp_path, pair_dir)
     saved = json.loads((folder / "card.json").read_text())
     assert sorted(saved["files"]) == ["draft.safetensors", "target.safetensors", "vqvae.safetensors"]
     assert saved["evaluation"]["target"]["images"] == 10 and saved["data_version"] == c["data_version"]
+    mid_eval = json.loads((tmp_path / "work" / "mid" / "eval.json").read_text())   # sampled as a plain model
+    assert saved["evaluation"]["mid"]["fid_tiny"] == mid_eval["fid_tiny"] and "mid" in saved["models"]
+    assert saved["evaluation"]["mid"]["images"] == 10 and "plain mid VAR" in (folder / "MODEL_CARD.md").read_text()
     eval_json = json.loads((tmp_path / "work" / "target" / "eval.json").read_text())
     assert saved["evaluation"]["target"]["class_accuracy"] == eval_json["class_accuracy"]
     assert "Goals of issue 9" in (folder / "MODEL_CARD.md").read_text()
@@ -116,17 +121,32 @@ def test_card_end_to_end_writes_hashes_that_load_pair_checks(tmp_path, pair_dir)
 def test_recipe_stages_parse_with_the_real_parsers(tmp_path):
     recipe = train.PairRecipe()
     stages = recipe.stages(tmp_path, ["--device", "cpu", "--precision", "auto"])
-    assert [s[0] for s in stages] == ["classifier", "vqvae", "draft", "target"]
+    assert [s[0] for s in stages] == ["classifier", "vqvae", "draft", "target", "mid"]
     parsers = {"train": train.build_parser(), "metrics": metrics.build_parser()}
     for name, module, argv, stem in stages:
         args = parsers[module].parse_args(argv)
         assert args.out == str(stem)
-        if name in ("draft", "target"):
+        if name in ("draft", "target", "mid"):
             depth, width, heads = getattr(recipe, name)
             assert (args.depth, args.width, args.heads, args.resume) == (depth, width, heads, True)
             assert args.steps == getattr(recipe, f"{name}_steps")
     quick = recipe.quick()
     assert quick.target_steps < recipe.target_steps and quick.per_class < recipe.per_class
+
+
+def test_recipe_trains_the_plain_mid_model_after_the_target(tmp_path):
+    """The mid stage: depth 4, width 160, 2 heads, 3500 steps, lr 1.5e-3, seed 3, on the pair's VQ-VAE tokens with
+    the other VARs' data settings, after the target; `train all` installs it beside the pair."""
+    recipe = train.PairRecipe()
+    stages = {s[0]: s for s in recipe.stages(tmp_path, ["--device", "cpu", "--precision", "bf16", "--threads", "1"])}
+    args = train.build_parser().parse_args(stages["mid"][2])
+    assert (args.model, args.depth, args.width, args.heads) == ("var", 4, 160, 2)
+    assert (args.steps, args.lr, args.seed, args.resume) == (3500, 1.5e-3, 3, True)
+    assert args.vqvae == str(tmp_path / "vqvae") and args.out == str(tmp_path / "mid")
+    target = train.build_parser().parse_args(stages["target"][2])
+    for same in ("batch_size", "images", "eval_images", "data_cache", "warmup", "ckpt_every", "precision", "threads"):
+        assert getattr(args, same) == getattr(target, same), same
+    assert list(stages).index("mid") > list(stages).index("target")
 
 
 def test_stage_done_needs_the_requested_steps(tmp_path):

@@ -144,6 +144,11 @@ def test_walkthrough(page, app_server):
 
     # compare tab: a small sweep
     page.get_by_role("tab", name="Compare").click()
+    # the pair's precomputed frontier against plain models is there before any sweep
+    page.locator("#plain-frontier-plot .js-plotly-plot .main-svg").first.wait_for()
+    expect(page.locator("#plain-frontier-plot")).to_contain_text("plain-models curve")
+    expect(page.locator("#plain-frontier-text")).to_contain_text("Plain-models curve")
+    page.locator("#plain-frontier-plot").screenshot(path=str(ARTIFACTS / "15-plain-frontier.png"))
     page.locator("#sweep-seeds textarea, #sweep-seeds input").first.fill("0")
     for box in ("2", "6", "8"):
         page.locator("#sweep-entries").get_by_label(box, exact=True).uncheck()

@@ -296,8 +296,9 @@ def test_memory_settings_from_env():
 # ---- damaged assets ------------------------------------------------------------------------------------
 
 def damaged_assets(folder: Path) -> Path:
-    """A copy of the shipped assets with three damages: the embedded VQ-VAE truncated (its card
-    re-hashed, so only the file itself is wrong), an example bundle truncated, the classifier's JSON broken."""
+    """A copy of the shipped assets with four damages: the embedded VQ-VAE truncated (its card
+    re-hashed, so only the file itself is wrong), an example bundle truncated, the classifier's JSON and
+    the precomputed frontier broken."""
     from sdvar_core.zoo import file_sha256
 
     shutil.copytree(ASSETS_DIR, folder)
@@ -309,6 +310,7 @@ def damaged_assets(folder: Path) -> Path:
     bundle = sorted((folder / "examples").glob("*.npz"))[1]
     bundle.write_bytes(bundle.read_bytes()[:1000])
     (folder / "classifier.json").write_text('{"config": ')
+    (folder / "frontier.json").write_text('{"points": [')
     return folder
 
 
@@ -372,6 +374,7 @@ def test_app_starts_with_damaged_assets_and_names_them(tmp_path):
         assert "Masks and Shapes tabs" in notice and "random weights" in notice
         assert f"examples/{bad_bundle}" in notice and "not a readable example bundle" in notice
         assert "classifier.json" in notice and "without the class-accuracy column" in notice
+        assert "frontier.json is not a frontier file" in notice and "precomputed frontier is left out" in notice
         assert str(tmp_path) not in notice   # the machine's folders are not shown
         examples = memory_check.first_example(c)
         assert examples is not None

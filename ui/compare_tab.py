@@ -1,10 +1,14 @@
-"""Tab 4, Compare: sweeps over entry_num × sd_mask or γ × τ for a set of seeds, with a plot, a table and a CSV."""
+"""Tab 4, Compare: the embedded pair's precomputed frontier against plain models (instant, from
+assets/frontier.json), and sweeps over entry_num × sd_mask or γ × τ for a set of seeds, with a plot, a
+table and a CSV; the last sweep is drawn over the precomputed frontier."""
 from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
 
 from sdvar_core import economics, viz, viz_teach
+from sdvar_core import frontier as fr
+from sdvar_core.config import FRONTIER_JSON
 from sdvar_core.engine import Settings
 from sdvar_core.explore import (DIRECTIONS, check_sweep_size, class_index, config_label, load_quality_classifier,
                                 parse_seeds, run_config, sweep_configs, sweep_row)
@@ -20,10 +24,43 @@ SWEEP_OUTPUTS = ("sweep_md", "sweep_plot", "sweep_table", "sweep_csv", "last_swe
 FRONTIER_METRICS = [("class accuracy if measured, else token agreement", "auto"),
                     ("class accuracy", "class_accuracy"), ("token agreement", "token_agreement"),
                     ("pixel PSNR", "pixel_psnr_db")]
+PLAIN_METRICS = [("FID-tiny", "fid_tiny"), ("class accuracy (your last sweep drawn over it)", "class_accuracy")]
 
 
-def build(view: View, num_scales: int) -> None:
-    """The tab's components (inside an open gr.Tab), on `view`."""
+def load_precomputed(path=FRONTIER_JSON) -> tuple[dict | None, str | None]:
+    """({'points': [frontier.Point], 'meta': {...}}, None) from the shipped frontier file, or (None, the
+    problem naming the file) when it is missing or damaged: the app then starts without that view."""
+    try:
+        points, meta = fr.load_points(path)
+    except ValueError as e:
+        return None, f"{e} The Compare tab's precomputed frontier is left out; sweeps and everything else work."
+    return {"points": points, "meta": meta}, None
+
+
+def precomputed_text(pre: dict) -> str:
+    """Where the precomputed points come from, then the verdict they support."""
+    meta, pts = pre["meta"], pre["points"]
+    speed = meta.get("speed") or {}
+    where = (f"Measured by `python -m sdvar_core.bench frontier` ({meta.get('per_class', '?')} images per class per "
+             f"row for quality; speed-ups from interleaved batch-1 runs"
+             + (f" on {speed['machine']}, {speed['date']}" if speed.get("machine") else ", not measured yet") + "). "
+             f"{meta.get('rows_with_quality', 0)} of {meta.get('rows', len(pts))} rows finished when this file was "
+             "written; BENCHMARKS.md has the table.")
+    return where + "\n\n" + fr.verdict(pts, meta.get("rows"))
+
+
+def build(view: View, num_scales: int, precomputed: dict | None = None) -> None:
+    """The tab's components (inside an open gr.Tab), on `view`; precomputed: `load_precomputed`'s points."""
+    gr.Markdown("### The embedded pair against plain models (precomputed)\nEvery setting measured once with many "
+                "images: speed-up against the target alone →, FID-tiny or class accuracy with 95 % intervals. The "
+                "black line joins the plain models (draft, plain mid model, target alone): a setting is worth it "
+                "only above that line. Drawn instantly; run a sweep below to see yours over it (class accuracy).")
+    view.plain_metric = gr.Radio(PLAIN_METRICS, value="fid_tiny", label="Quality", elem_id="plain-metric",
+                                 interactive=precomputed is not None)
+    view.plain_plot = gr.Plot(None if precomputed is None else viz_teach.plain_frontier_figure(precomputed["points"]),
+                              label="the pair against plain models", elem_id="plain-frontier-plot")
+    view.plain_md = gr.Markdown("The precomputed frontier is not available (see the notice at the top)."
+                                if precomputed is None else precomputed_text(precomputed), elem_id="plain-frontier-text")
     gr.Markdown("Sweep settings over several seeds. Every sweep first runs target only and draft only with the "
                 "same seeds; speed-ups and agreements are against that target-only run. Sampling settings (CFG, "
                 "top-k, top-p, acceptance rule, λ, precision) come from the Generate tab.")
@@ -64,10 +101,11 @@ def build(view: View, num_scales: int) -> None:
     view.frontier_md = gr.Markdown(elem_id="frontier-text")
 
 
-def wire(view: View, demo: gr.Blocks, bank, host: Host) -> None:
+def wire(view: View, demo: gr.Blocks, bank, host: Host, precomputed: dict | None = None) -> None:
     """Sweeps run in their own lane ('sweep', host.limits.sweep_concurrency at a time), so a sweep never
     holds up anyone's Generate; a session may have host.limits.sweeps_per_session sweeps queued or
-    running (checked when one is queued). Stop ends this session's sweep within one scale."""
+    running (checked when one is queued). Stop ends this session's sweep within one scale. The
+    precomputed frontier redraws with its metric and with each new sweep table."""
     listen(view, view.sweep_kind.change, on_sweep_kind, view, outputs=("sched_sweep", "spec_sweep"))
     run = gpu_callback(on_sweep, sweep_budget, host.limits.gpu_max_seconds)   # a GPU request on ZeroGPU
     sweep = listen(view, view.sweep_btn.click, run, bank, view, host, public="sweep",
@@ -81,6 +119,10 @@ def wire(view: View, demo: gr.Blocks, bank, host: Host) -> None:
            show_progress="hidden", trigger_mode="always_last")
     listen(view, view.frontier_metric.input, frontier_view, view, outputs=("pareto_plot", "frontier_md"),
            show_progress="hidden", public="frontier", trigger_mode="always_last")
+    if precomputed is not None:
+        for event, public in ((view.plain_metric.input, "plain_frontier"), (view.sweep_table.change, None)):
+            listen(view, event, plain_frontier_view, view, precomputed, outputs=("plain_plot",), public=public,
+                   show_progress="hidden", trigger_mode="always_last")
 
 
 def on_sweep_kind(view: View, *, sweep_kind) -> dict:
@@ -162,3 +204,10 @@ def frontier_view(view: View, *, last_sweep, frontier_metric) -> dict:
     text = (f"On the front ({label}): " + "; ".join(f"**{r['config']}** {r['speedup']:.2f}×, {r['quality']:.3g}"
                                                     for _, r in front.iterrows()) + ".")
     return {view.pareto_plot: viz_teach.frontier_figure(df, metric), view.frontier_md: text}
+
+
+def plain_frontier_view(view: View, precomputed: dict, *, last_sweep, plain_metric) -> dict:
+    """The precomputed frontier in the chosen metric, with the session's last sweep over it (where the sweep
+    measured that metric: class accuracy)."""
+    metric = check("plain_metric", plain_metric)
+    return {view.plain_plot: viz_teach.plain_frontier_figure(precomputed["points"], metric, sweep=last_sweep)}

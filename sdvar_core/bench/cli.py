@@ -35,6 +35,10 @@ Sub-commands (`python -m sdvar_core.bench <cmd> --help` lists every flag):
   predict   the γ planner on call patterns already measured: reads `patterns` tables (marked
             sections of a file, e.g. the GPU sections of BENCHMARKS.md) and prints what auto would
             choose and the speed-up it predicts per forced acceptance, beside the fixed-γ rows.
+  frontier  issue 21: every setting of the pair against plain models of its speed. Quality
+            (≥ 1000 images per row through `sample`, resumable, --max-minutes) by default; --speed
+            measures interleaved batch-1 speed-ups apart; every call ends with the report (verdict,
+            table, picture, JSON) from what has finished; --report-only writes only that.
   official  ours vs the official VAR code's own loop (`autoregressive_infer_cfg`, from a checkout
             given by --var-repo) on the same random official-size weights, fp32 and bf16.
 
@@ -49,6 +53,7 @@ Examples:
   python -m sdvar_core.bench planner --pair tiny --threads 1 --cfg 2.5 --top-k 3 --batches 1,8,32 --repeats 5
   python -m sdvar_core.bench predict --from BENCHMARKS.md --sections gpu-patterns-b1,gpu-patterns-b16
   python -m sdvar_core.bench official --var-repo ../VAR --preset var-d16 --repeats 3
+  python -m sdvar_core.bench frontier --out runs/frontier --threads 1 --max-minutes 600
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import load_classifier
-from ..config import CLASSIFIER_STEM, preset
+from ..config import CLASSIFIER_STEM, MID_STEM, preset
 from ..runtime import PRECISIONS, check_precision, machine_name, resolve_device
 from .floors import run_floor, run_generate, run_profile
 from .harness import TARGET_ROW, table_rows
@@ -213,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.96)
     _common(p)
 
+    p = sub.add_parser("frontier", help="the pair against plain models: quality (default) or --speed (issue 21)")
+    p.add_argument("--out", required=True, help="the run folder (rows/, speed.json, report.md; rerun to resume)")
+    p.add_argument("--pair", default="tiny", help="tiny (assets/tiny) or a folder with vqvae/draft/target")
+    p.add_argument("--mid", default=str(MID_STEM), help="path stem of the plain mid model (.json + .safetensors); "
+                   "its row is skipped with a message while they are missing")
+    p.add_argument("--rows", help="comma-separated row names, slugs or families (plain, D→T, T→D, exact, relaxed)")
+    p.add_argument("--per-class", type=_positive_int, default=100, help="images per class per row (quality)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--max-minutes", type=float, help="start no new chunk (quality) or repeat (speed) after this long")
+    p.add_argument("--speed", action="store_true", help="measure the speed-ups (interleaved batch-1 runs) instead")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="--speed: interleaved repeats")
+    p.add_argument("--seeds", type=_positive_int, default=2, help="--speed: batch-1 images per row and repeat")
+    p.add_argument("--report-only", action="store_true", help="only write the report from what has finished")
+    p.add_argument("--classifier", default=str(CLASSIFIER_STEM), help="path stem of the FID-tiny classifier")
+    p.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap resamples for the intervals")
+    p.add_argument("--real", type=_positive_int, default=1000, help="real held-out images for FID-tiny (the card's: 1000)")
+    p.add_argument("--md", help="also write the report into this markdown file (a marked section)")
+    p.add_argument("--section", default="frontier-tiny", help="name of the marked section in --md")
+    p.add_argument("--png", help="also write the picture here (e.g. docs/frontier.png)")
+    p.add_argument("--json", help="also write the points here (e.g. assets/frontier.json, the Compare tab's)")
+    _common(p, out=False)
+
     p = sub.add_parser("gpu", help="floor + patterns + the embedded pair's modes under one deadline (gpu_bench.sh)")
     p.add_argument("--deadline-s", type=float, default=180.0, help="seconds for everything (sections get 30/45/25 %%)")
     p.add_argument("--small", action="store_true", help="shrink every size (a CPU try of the script)")
@@ -343,9 +371,37 @@ def cmd_official(args, device, out, section) -> None:
                       precisions=precisions, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p), out, section)
 
 
+def cmd_frontier(args, device, out, section) -> None:
+    """Quality rows (default) or the speed run, then the report from whatever has finished."""
+    from . import frontier as job
+    from ..sample import pair_num_classes
+
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ValueError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.speed and args.report_only:
+        raise ValueError("--speed and --report-only exclude each other")
+    stem = Path(args.classifier)
+    if not stem.with_name(stem.name + ".json").is_file():
+        raise ValueError(f"classifier not found: {stem}.json (train it: python -m sdvar_core.metrics train --out {stem})")
+    num_classes = pair_num_classes(args.pair)
+    rows = job.select_rows(job.frontier_rows(), args.rows)
+    deadline = time.perf_counter() + 60 * args.max_minutes if args.max_minutes else None
+    run = Path(args.out)
+    precision = _precision(args, device)
+    if args.speed:
+        job.run_speed(run, rows, pair=args.pair, mid=args.mid, device=device, repeats=args.repeats, seeds=args.seeds,
+                      precision=precision, deadline=deadline)
+    elif not args.report_only:
+        job.run_quality(run, rows, pair=args.pair, mid=args.mid, per_class=args.per_class, seed=args.seed,
+                        precision=precision, device=device.type, threads=args.threads, deadline=deadline)
+    job.report(run, job.frontier_rows(), load_classifier(stem, device=str(device)),
+               meta=job.job_meta(args.pair, args.per_class, args.seed, precision, num_classes, args.real), n_boot=args.n_boot,
+               md=args.md, section_name=args.section, png=args.png, json_path=args.json)
+
+
 COMMANDS = {"generate": cmd_generate, "modes": cmd_modes, "report": cmd_report, "profile": cmd_profile,
             "floor": cmd_floor, "patterns": cmd_patterns, "gpu": cmd_gpu, "planner": cmd_planner,
-            "predict": cmd_predict, "official": cmd_official}
+            "predict": cmd_predict, "official": cmd_official, "frontier": cmd_frontier}
 
 
 def main(argv=None) -> None:

@@ -25,6 +25,7 @@ class Row:
     name: str
     mode: str
     settings: tuple = ()   # sorted (key, value) pairs of generate() settings
+    model: str = "pair"    # whose weights: the pair given to `measure`, or a key of its `pairs` (e.g. "mid")
 
     @property
     def kwargs(self) -> dict:
@@ -157,23 +158,29 @@ Plan = list[list[tuple[list[int], int]]]   # per repeat: the (class_ids, seed) r
 
 def measure(pair: Pair, rows: list[Row], plan: Plan, *, deadline: float | None = None,
             on_images: Callable | None = None, settings: dict | None = None,
-            log: Callable[[str], None] = print, meter: LoadMeter | None = None) -> dict[str, RowResult]:
+            log: Callable[[str], None] = print, meter: LoadMeter | None = None,
+            pairs: dict[str, Pair] | None = None) -> dict[str, RowResult]:
     """Run every row on the runs of each repeat of `plan`, repeats interleaved.
 
     Repeat r runs the rows in an order rotated by r. Target-only and draft-only run once each
     first as a warm-up (untimed). Past `deadline` (a time.perf_counter() value) no new repeat
     starts, so every row has the same completed repeats. on_images(row, images, class_ids) sees
     each run's images. settings: extra generate() settings for every row (e.g. precision).
-    A gamma="auto" row also runs once untimed first (its planner calibrates then).
+    A gamma="auto" row also runs once untimed first (its planner calibrates then). pairs: the other
+    models rows may name in `Row.model` (a plain mid model runs as the target of its own pair).
     """
     settings = dict(settings or {})
+    models = {"pair": pair, **(pairs or {})}
+    missing = sorted({row.model for row in rows} - set(models))
+    if missing:
+        raise ValueError(f"rows name models that were not given: {', '.join(missing)}")
     results = {row.name: RowResult(row) for row in rows}
     ids0, seed0 = plan[0][0]
     for row in rows:
         if row.mode in ("target", "draft"):
-            generate(pair, row.mode, ids0, seed0, progressive=False, **settings)
+            generate(models[row.model], row.mode, ids0, seed0, progressive=False, **settings)
         elif row.kwargs.get("gamma") == "auto":
-            generate(pair, row.mode, ids0, seed0, progressive=False, **row.kwargs, **settings)
+            generate(models[row.model], row.mode, ids0, seed0, progressive=False, **row.kwargs, **settings)
     for r, runs in enumerate(plan):
         if r and deadline is not None and time.perf_counter() > deadline:
             log(f"  deadline reached: {r} of {len(plan)} repeats done")
@@ -183,7 +190,8 @@ def measure(pair: Pair, rows: list[Row], plan: Plan, *, deadline: float | None =
         for row in rows[k:] + rows[:k]:
             for class_ids, seed in runs:
                 t = time.perf_counter()
-                out = generate(pair, row.mode, class_ids, seed, progressive=False, **row.kwargs, **settings)
+                out = generate(models[row.model], row.mode, class_ids, seed, progressive=False, **row.kwargs,
+                               **settings)
                 results[row.name].add(r, time.perf_counter() - t, out.trace)
                 if on_images is not None:
                     on_images(row, out.images, class_ids)
