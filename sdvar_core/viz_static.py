@@ -339,6 +339,7 @@ def plain_frontier(points: list, metric: str = "fid_tiny") -> Figure:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", frameon=False, fontsize=8)
     _clean(ax)
+    return fig
 
 
 # ---- your own picture -----------------------------------------------------------------------------
