@@ -261,10 +261,10 @@ def main_settings(mode: str, class_id: int, seed: int, pair: Pair, settings: dic
 
 
 def run_click(pair: Pair, mode: str, class_id: int, seed: int, settings: dict, on_progress=None,
-              cache: ComparisonCache | None = COMPARISONS) -> dict:
+              cache: ComparisonCache | None = None) -> dict:
     """The runs behind one click, waited for: {"main", "target", "draft": Trace} (a comparison equal to the
     chosen mode is that run). The chosen run decodes its picture after every scale.
-    on_progress(done, total, text) after each step."""
+    on_progress(done, total, text) after each step. cache: reuse comparisons from it (default: all three run now)."""
     runs = {}
     for update in stream_click(pair, mode, class_id, seed, {**settings}, cache=cache, previews="all"):
         if on_progress is not None:

@@ -226,8 +226,8 @@ def on_generate(bank, host: Host, view: View, request: gr.Request, *, model, pro
                         "draft": runs.get("draft", main if mode == "draft" else None)}
                 yield render_run(view, full, title, pair.class_names, reused=update.cached)
     except ClickStopped:
-        done = len(runs) and "the finished runs stay" or "nothing was kept"
-        yield {view.showing: f"Stopped: {title} ({done})."}
+        kept = "the finished runs stay" if runs else "nothing was kept"
+        yield {view.showing: f"Stopped: {title} ({kept})."}
     finally:
         host.clicks.finish(session, flag)
 
