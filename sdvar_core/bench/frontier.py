@@ -44,7 +44,8 @@ from .tables import LoadMeter, fmt, markdown_table, write_section
 
 QUALITY_BATCH = 100   # images per generate call of the plain and hand-off rows' quality runs
 SPEC_BATCH = 1        # speculative rows: their calls (and a relaxed rule's output) depend on the batch
-HANDOFF_ENTRIES = {"D→T": (3, 5, 7), "T→D": (4, 6, 8)}   # T→D e = 8: CoDe's direction, TTTTTTTTDD
+HANDOFF_ENTRIES = {"D→T": (3, 5, 7), "T→D": (4, 6, 8)}   # sd_mask 3 (VAR's own) at each; T→D e = 8: CoDe's TTTTTTTTDD
+MASK_ENTRY = {"D→T": 5, "T→D": 8}   # every sd_mask 0–5 at this entry: with sd_mask 3's, each mask at 2 entry points
 EXACT_GAMMAS = (1, 2, 3, "auto")
 RELAXED_GAMMA = 3
 RELAXED = (("prob", 0.9, 1.0), ("prob", 0.7, 1.0), ("prob", 0.5, 1.0), ("prob", 1.0, 2.0), ("prob", 1.0, 4.0),
@@ -112,15 +113,16 @@ def frontier_rows(K: int = 10) -> list[FrontierRow]:
     """Every row of issue 21, in the order the quality run makes them (the most useful partial report
     first): the target, the draft and the plain mid model alone; exact γ 2; a T→D and a D→T hand-off
     (sd_mask 3, VAR's own); the relaxed rows (γ 3: τ 0.9/0.7/0.5 at λ 1, λ 2/4 at τ 1, top-1 at τ 0.5);
-    exact γ 1, 3 and auto; then every sd_mask 0–5 at D→T e = 3, 5, 7 and T→D e = 4, 6, 8."""
-    mid_d, mid_t = HANDOFF_ENTRIES["D→T"][1], HANDOFF_ENTRIES["T→D"][-1]
+    exact γ 1, 3 and auto; every other sd_mask at D→T e = 5 and T→D e = 8 (so each mask at two entry
+    points, one per direction); then sd_mask 3 at the other entries (D→T e = 3, 7; T→D e = 4, 6)."""
     first = [_row(fr.TARGET_NAME, "plain", "target"), _row("draft only", "plain", "draft"),
              _row(fr.MID_NAME, "plain", "target", model="mid"), spec_row(2),
-             handoff_row("T→D", mid_t, 3, K), handoff_row("D→T", mid_d, 3, K)]
+             handoff_row("T→D", MASK_ENTRY["T→D"], 3, K), handoff_row("D→T", MASK_ENTRY["D→T"], 3, K)]
     first += [spec_row(RELAXED_GAMMA, a, t, lam) for a, t, lam in RELAXED]
     first += [spec_row(g) for g in EXACT_GAMMAS if g != 2]
-    rest = [handoff_row(d, e, m, K) for d, entries in HANDOFF_ENTRIES.items() for e in entries for m in range(6)]
-    return first + [r for r in rest if r not in first]
+    masks = [handoff_row(d, e, m, K) for m in range(6) for d, e in MASK_ENTRY.items()]
+    entries = [handoff_row(d, e, 3, K) for d, es in HANDOFF_ENTRIES.items() for e in es]
+    return first + [r for r in masks + entries if r not in first]
 
 
 def select_rows(rows: list[FrontierRow], spec: str | None) -> list[FrontierRow]:
