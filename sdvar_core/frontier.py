@@ -274,7 +274,8 @@ def series(points: list[Point], metric: str = "fid_tiny") -> dict:
     families: {family: {'x', 'y', 'lo', 'hi', 'names', 'hover', 'bars_x', 'bars_y'}} (placed points with that
     metric; bars_*: one vertical segment from lo to hi per point, None between segments — a percentile
     interval need not contain its point value, so the bars are drawn from the interval itself),
-    plain: {'x', 'y'} the plain-models curve, front: {'x', 'y'} the Pareto front (by speed-up),
+    plain: {'x', 'y', 'names'} the plain-models curve, front: {'x', 'y', 'names', 'plain'} the Pareto
+    front (by speed-up; 'plain': is that point a plain model),
     label, higher (is a higher value better)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -302,7 +303,8 @@ def series(points: list[Point], metric: str = "fid_tiny") -> dict:
     front = [usable[i] for i in front_idx]
     return {"families": fams, "plain": {"x": [p.speedup for p in plain], "y": [getattr(p, metric) for p in plain],
                                         "names": [p.name for p in plain]},
-            "front": {"x": [p.speedup for p in front], "y": [getattr(p, metric) for p in front]},
+            "front": {"x": [p.speedup for p in front], "y": [getattr(p, metric) for p in front],
+                      "names": [p.name for p in front], "plain": [p.family == "plain" for p in front]},
             "label": label, "higher": higher}
 
 

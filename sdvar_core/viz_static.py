@@ -327,6 +327,9 @@ def plain_frontier(points: list, metric: str = "fid_tiny") -> Figure:
     if d["front"]["x"]:
         ax.step(d["front"]["x"], d["front"]["y"], where="pre", color=viz.PLAN_COLOR, linestyle=":", linewidth=2,
                 label="Pareto front")
+        for x, y, n, plain in zip(d["front"]["x"], d["front"]["y"], d["front"]["names"], d["front"]["plain"]):
+            if not plain:   # the SDVAR settings no other row beats on both axes, by name
+                ax.annotate(n, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color="#333333")
     if not d["families"]:
         ax.text(0.5, 0.5, "no row has both its speed and its quality measured yet", transform=ax.transAxes,
                 ha="center", color="#555555")

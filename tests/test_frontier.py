@@ -311,6 +311,8 @@ def test_figures_draw_curve_bars_front_and_the_sweep():
     ax = static.axes[0]
     assert [tuple(line.get_xdata()) for line in ax.lines if line.get_label() == "plain-models curve"] == [(1.0, 1.6, 2.5)]
     assert ax.yaxis_inverted() and render(static, "png")[:4] == b"\x89PNG"
+    labels = {t.get_text() for t in ax.texts}
+    assert "T→D e=8 sd_mask 3" in labels and "spec γ=2 exact" not in labels   # front SDVAR points are named
     empty = viz_teach.plain_frontier_figure([fr.Point("target only", "plain")])
     assert "no row has both" in empty.layout.annotations[0].text
     with pytest.raises(ValueError, match="metric"):
