@@ -123,6 +123,19 @@ FRONTIER_STYLE = {"anchor": ("target / draft alone", "square", "#000000"),
                   "speculative": ("speculative", "triangle-up", MODEL_COLORS["target"])}
 
 
+def _front_staircase(xs, ys) -> go.Scatter:
+    """The Pareto front through points sorted by speed-up, as a dotted staircase: the edge of what it dominates."""
+    sx, sy = [], []
+    for x, y in zip(xs, ys):
+        if sx:
+            sx.append(sx[-1])
+            sy.append(y)
+        sx.append(x)
+        sy.append(y)
+    return go.Scatter(x=sx, y=sy, mode="lines", name="Pareto front", hoverinfo="skip",
+                      line=dict(color=PLAN_COLOR, width=2, dash="dot"))
+
+
 def frontier_figure(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
     """Every sweep entry as a point (speed-up vs the target alone, quality), the two anchors labelled, the
     Pareto front as a step line; hover: the settings and calls. df: the Compare tab's sweep table."""
@@ -142,15 +155,7 @@ def frontier_figure(df: pd.DataFrame, metric: str | None = None) -> go.Figure:
             hovertext=group["hover"], hoverinfo="text"))
     front = pts[pts["on_front"]].sort_values("speedup") if len(pts) else pts
     if len(front):
-        xs, ys = [], []
-        for x, y in zip(front["speedup"], front["quality"]):   # the edge of what the front dominates
-            if xs:
-                xs.append(xs[-1])
-                ys.append(y)
-            xs.append(x)
-            ys.append(y)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="Pareto front", hoverinfo="skip",
-                                 line=dict(color=PLAN_COLOR, width=2, dash="dot")))
+        fig.add_trace(_front_staircase(front["speedup"], front["quality"]))
     if not len(pts):
         fig.add_annotation(text="run a sweep to see its modes here", x=0.5, y=0.5, xref="paper", yref="paper",
                            showarrow=False, font=dict(size=13, color="#555"))
@@ -195,15 +200,7 @@ def plain_frontier_figure(points: list, metric: str = "fid_tiny", sweep: pd.Data
             marker=dict(symbol=symbol, size=11 if fam == "plain" else 8, color=color, line=dict(color="white", width=1)),
             hovertext=g["hover"], hoverinfo="text"))
     if d["front"]["x"]:
-        xs, ys = [], []
-        for x, y in zip(d["front"]["x"], d["front"]["y"]):   # the edge of what the front dominates
-            if xs:
-                xs.append(xs[-1])
-                ys.append(y)
-            xs.append(x)
-            ys.append(y)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="Pareto front", hoverinfo="skip",
-                                 line=dict(color=PLAN_COLOR, width=2, dash="dot")))
+        fig.add_trace(_front_staircase(d["front"]["x"], d["front"]["y"]))
     if sweep is not None and len(sweep) and metric in sweep and "speedup" in sweep:
         q = pd.to_numeric(sweep[metric], errors="coerce")
         ok = q.notna() & pd.to_numeric(sweep["speedup"], errors="coerce").notna()
